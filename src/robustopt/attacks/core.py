@@ -1,0 +1,249 @@
+"""The one attack core: projected steepest ascent with restarts, shared by every attack.
+
+FGSM, PGD, targeted PGD and the training adversaries are all calls of
+:func:`perturb` with different settings. Public attacks end with
+:func:`finalize`, which re-projects, checks every point against the threat set
+and recomputes the verdict with a float32 forward pass, so neither a bug nor
+reduced precision in the search can overstate an attack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..losses import LossFn
+from ..threat import ThreatModel
+from ..validate import check_images, check_labels, check_logits, forward_checked
+
+
+@dataclass
+class AttackResult:
+    """What an attack found, per example, at points verified to be in the threat set."""
+
+    x_adv: torch.Tensor    # [N, C, H, W], inside the threat set around x
+    loss: torch.Tensor     # [N] float32 objective at x_adv (higher = stronger)
+    correct: torch.Tensor  # [N] bool: the model still predicts the true label at x_adv
+    success: torch.Tensor  # [N] bool: the attack's goal is met (misclassified / target hit)
+    logits: torch.Tensor   # [N, K] float32 logits at x_adv
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction of examples still classified correctly."""
+        return float(self.correct.float().mean()) if self.correct.numel() else float("nan")
+
+
+@dataclass
+class Perturbation:
+    """Raw output of :func:`perturb`: points plus the tracked objective (if tracked)."""
+
+    x_adv: torch.Tensor
+    loss: torch.Tensor | None
+    success: torch.Tensor | None
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the model in eval mode (BatchNorm statistics frozen) and restore the caller's mode.
+
+    Every submodule's own flag is restored, so a caller's mixed mode (e.g. a model in
+    train mode with frozen BatchNorm layers) survives; ``model.train(flag)`` would not.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def goal_met(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+             ) -> torch.Tensor:
+    """Misclassified (untargeted) or classified as the target (targeted)."""
+    pred = logits.argmax(dim=1)
+    return pred != y if target is None else pred == target
+
+
+def _autocast(x: torch.Tensor, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=x.device.type, dtype=dtype)
+
+
+def loss_and_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
+                  target: torch.Tensor | None = None, *, need_grad: bool = True,
+                  autocast: torch.dtype | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-example loss, logits and the input gradient, never touching parameters' ``.grad``."""
+    if not need_grad:
+        with torch.no_grad(), _autocast(x_adv, autocast):
+            logits = model(x_adv)
+        return loss_fn(logits, y, target).detach(), logits.float(), None
+    with torch.enable_grad():
+        x_adv = x_adv.detach().requires_grad_(True)
+        with _autocast(x_adv, autocast):
+            logits = model(x_adv)
+        loss = loss_fn(logits, y, target)
+        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+    # A model that is NaN/inf on some inputs must not push points out of the set (the L2
+    # direction of a NaN gradient is NaN): such rows stay put and the final float32 check
+    # reports the model, instead of an "internal error" about the ball.
+    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+    return loss.detach(), logits.detach().float(), grad
+
+
+def _better(loss: torch.Tensor, success: torch.Tensor, best_loss: torch.Tensor,
+            best_success: torch.Tensor) -> torch.Tensor:
+    """Order points by (goal met, loss): a success beats any failure, then higher loss wins."""
+    return (success & ~best_success) | ((success == best_success) & (loss > best_loss))
+
+
+def _pick_best_restart(loss: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
+    """Index over the restart axis (dim 0) of each example's best point by (success, loss)."""
+    any_success = success.any(dim=0, keepdim=True)
+    ranked = loss.masked_fill(any_success & ~success, float("-inf"))
+    ranked = ranked.nan_to_num(nan=float("-inf"))
+    return ranked.argmax(dim=0)
+
+
+def _run_group(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+               loss_fn: LossFn, target: torch.Tensor | None, *, steps: int,
+               step_size: float, restarts: int, random_start: bool, track_best: bool,
+               stop_on_success: bool, generator: torch.Generator | None,
+               autocast: torch.dtype | None) -> Perturbation:
+    """Ascent from ``restarts`` starts per example, run as one stacked batch."""
+    n = x.shape[0]
+    x0 = x.repeat(restarts, 1, 1, 1)
+    y0 = y.repeat(restarts)
+    t0 = target.repeat(restarts) if target is not None else None
+    if random_start:
+        cur = torch.cat([threat.random_start(x, generator) for _ in range(restarts)])
+    else:
+        cur = x0.clone()
+    if not (track_best or stop_on_success):
+        for _ in range(steps):
+            _, _, grad = loss_and_grad(model, cur, y0, loss_fn, t0, autocast=autocast)
+            cur = threat.step(cur, x0, grad, step_size)
+        return Perturbation(cur, None, None)
+
+    best_x = cur.clone()
+    best_loss = torch.full((n * restarts,), float("-inf"), device=x.device)
+    best_success = torch.zeros(n * restarts, dtype=torch.bool, device=x.device)
+    rows: torch.Tensor | None = None  # active rows; None means all
+    for t in range(steps + 1):
+        xa = cur if rows is None else cur[rows]
+        ya = y0 if rows is None else y0[rows]
+        ta = None if t0 is None else (t0 if rows is None else t0[rows])
+        need_grad = t < steps
+        loss, logits, grad = loss_and_grad(model, xa, ya, loss_fn, ta, need_grad=need_grad,
+                                           autocast=autocast)
+        success = goal_met(logits, ya, ta)
+        if rows is None:
+            better = _better(loss, success, best_loss, best_success)
+            best_x = torch.where(better.view(-1, 1, 1, 1), xa, best_x)
+            best_loss = torch.where(better, loss, best_loss)
+            best_success = best_success | success
+        else:
+            better = _better(loss, success, best_loss[rows], best_success[rows])
+            upd = rows[better]
+            best_x[upd] = xa[better]
+            best_loss[upd] = loss[better]
+            best_success[rows] = best_success[rows] | success
+        if not need_grad:
+            break
+        stepped = threat.step(xa, x0 if rows is None else x0[rows], grad, step_size)
+        if rows is None:
+            cur = stepped
+        else:
+            cur[rows] = stepped
+        if stop_on_success:
+            broken = best_success.view(restarts, n).any(dim=0).repeat(restarts)
+            if broken.any():
+                keep = ~broken if rows is None else ~broken[rows]
+                rows = (torch.arange(n * restarts, device=x.device) if rows is None else rows)[keep]
+                if rows.numel() == 0:
+                    break
+    return Perturbation(best_x, best_loss, best_success)
+
+
+def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+            loss_fn: LossFn, target: torch.Tensor | None = None, *, steps: int,
+            step_size: float, restarts: int = 1, random_start: bool = True,
+            track_best: bool = True, stop_on_success: bool = False,
+            generator: torch.Generator | None = None, autocast: torch.dtype | None = None,
+            max_batch: int | None = None) -> Perturbation:
+    """Projected steepest ascent on ``loss_fn`` within ``threat``; the shared attack engine.
+
+    Restarts are stacked into one batch of ``restarts * N`` rows (split into groups of
+    at most ``max_batch`` rows to bound memory) and each example keeps its best point by
+    (goal met, loss). With ``track_best`` every iterate is a candidate, not only the last;
+    without it (the cheap training path) the final iterate is returned untracked. With
+    ``stop_on_success`` an example that any restart has broken stops consuming passes.
+    Assumes the model is already in the mode the caller wants (see :func:`eval_mode`).
+    """
+    if steps < 0 or restarts < 1:
+        raise InputError(f"need steps >= 0 and restarts >= 1, got steps={steps}, "
+                         f"restarts={restarts}")
+    track_best = track_best or restarts > 1  # choosing among restarts needs the scores
+    n = x.shape[0]
+    per_group = restarts if max_batch is None else max(1, min(restarts, max_batch // max(n, 1)))
+    picked: list[Perturbation] = []
+    done = 0
+    while done < restarts:
+        r = min(per_group, restarts - done)
+        picked.append(_run_group(model, x, y, threat, loss_fn, target, steps=steps,
+                                 step_size=step_size, restarts=r, random_start=random_start,
+                                 track_best=track_best, stop_on_success=stop_on_success,
+                                 generator=generator, autocast=autocast))
+        done += r
+    xs = torch.cat([p.x_adv.view(-1, n, *x.shape[1:]) for p in picked])
+    if picked[0].loss is None:
+        return Perturbation(xs[0], None, None)
+    losses = torch.cat([p.loss.view(-1, n) for p in picked])
+    successes = torch.cat([p.success.view(-1, n) for p in picked])
+    idx = _pick_best_restart(losses, successes)
+    cols = torch.arange(n, device=x.device)
+    return Perturbation(xs[idx, cols], losses[idx, cols], successes[idx, cols])
+
+
+def finalize(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
+             threat: ThreatModel, loss_fn: LossFn, target: torch.Tensor | None = None
+             ) -> AttackResult:
+    """Re-project, verify membership, and score the points with a float32 forward pass."""
+    x_adv = threat.project(x_adv.detach().to(x.dtype), x)
+    inside = threat.contains(x_adv, x)
+    if not bool(inside.all()):
+        bad = int((~inside).nonzero()[0])
+        raise RuntimeError(
+            f"internal error: attack returned example {bad} outside the {threat.norm} ball "
+            f"(distance {float(threat.distance(x_adv[bad:bad + 1], x[bad:bad + 1])[0]):.3g} "
+            f"> eps {threat.eps:g}); please report this bug"
+        )
+    with torch.no_grad():
+        logits = check_logits(model(x_adv), x.shape[0]).float()
+    loss = loss_fn(logits, y, target)
+    return AttackResult(x_adv=x_adv, loss=loss, correct=logits.argmax(1) == y,
+                        success=goal_met(logits, y, target), logits=logits)
+
+
+def prepare(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+            target: torch.Tensor | None = None) -> None:
+    """Validate an attack's inputs cheaply (one forward on a single example)."""
+    check_images(x)
+    check_labels(y, x.shape[0])
+    with torch.no_grad():
+        k = forward_checked(model, x[:1]).shape[1]
+    check_labels(y, x.shape[0], k)
+    if target is not None:
+        check_labels(target, x.shape[0], k, name="target labels")
+
+
+def default_step_size(threat: ThreatModel, steps: int) -> float:
+    """2.5 * eps / steps: lets an iterate cross the ball and back (Madry et al.)."""
+    return 2.5 * threat.eps / max(steps, 1)

@@ -1,0 +1,126 @@
+"""The run directory: the one place that writes ``runs/NAME/`` (see DESIGN.md).
+
+Training, evaluation and the report all read and write a run through this class,
+so the layout and the crash-safety rules (atomic writes, no overwrite unless asked)
+live in one file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as save_tensors
+from torch import nn
+
+from . import __version__
+from .atomic import write_bytes_atomic, write_json_atomic
+from .errors import RobustOptError
+from .modelfile import save_model
+
+CHECKPOINT = "checkpoint/state.safetensors"
+_OWNED = ("config.json", "model.json", "model.safetensors", "best.safetensors",
+          "metrics.jsonl", "eval.json", "checkpoint", "plots", "report.html")
+
+
+class RunDir:
+    """A run directory on disk; construct with :meth:`create` or :meth:`open`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # -- lifecycle -------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, *, force: bool = False) -> RunDir:
+        """A fresh run directory; an existing non-empty one is kept unless ``force``."""
+        run = cls(path)
+        if run.path.exists() and not run.path.is_dir():
+            raise RobustOptError(f"{run.path} exists and is not a directory: choose another --out")
+        if run.path.is_dir() and any(run.path.iterdir()):
+            if not force:
+                raise RobustOptError(
+                    f"run directory {run.path} already exists: pass --resume to continue it "
+                    "or --force to start over (its files will be replaced)")
+            for name in _OWNED:
+                target = run.path / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        try:
+            (run.path / "checkpoint").mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RobustOptError(f"cannot create run directory {run.path}: {err.strerror}; "
+                                 "choose a writable --out") from None
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        run = cls(path)
+        if not (run.path / "config.json").is_file():
+            raise RobustOptError(f"{run.path} is not a robustopt run directory (no config.json)")
+        return run
+
+    # -- files -----------------------------------------------------------------------
+    def write_config(self, config: dict) -> None:
+        write_json_atomic(self.path / "config.json",
+                          {"robustopt_version": __version__, **config})
+
+    def read_config(self) -> dict:
+        cfg = json.loads((self.path / "config.json").read_text())
+        cfg.pop("robustopt_version", None)
+        return cfg
+
+    def write_weights(self, model: nn.Module, which: str, info: dict) -> None:
+        """Save ``last`` (model.safetensors) or ``best`` (best.safetensors) weights."""
+        name = {"last": "model.safetensors", "best": "best.safetensors"}[which]
+        save_model(model, self.path / name, extra=info)
+
+    def write_model_json(self, info: dict) -> None:
+        write_json_atomic(self.path / "model.json", info)
+
+    def write_metrics(self, records: list[dict]) -> None:
+        """Rewrite metrics.jsonl in full (a resumed run replays the history it saved)."""
+        text = "".join(json.dumps(r) + "\n" for r in records)
+        write_bytes_atomic(self.path / "metrics.jsonl", text.encode())
+
+    def read_metrics(self) -> list[dict]:
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def write_eval(self, result: dict) -> None:
+        write_json_atomic(self.path / "eval.json", result)
+
+    def plots_dir(self) -> Path:
+        d = self.path / "plots"
+        d.mkdir(exist_ok=True)
+        return d
+
+    # -- checkpoint: tensors + JSON state in one safetensors file, no pickle ----------
+    def write_checkpoint(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        blob = save_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                            metadata={"state": json.dumps(state)})
+        (self.path / "checkpoint").mkdir(exist_ok=True)
+        write_bytes_atomic(self.path / CHECKPOINT, blob)
+
+    def has_checkpoint(self) -> bool:
+        return (self.path / CHECKPOINT).is_file()
+
+    def read_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict]:
+        path = self.path / CHECKPOINT
+        if not path.is_file():
+            raise RobustOptError(f"{self.path} has no checkpoint to resume from: "
+                                 "start a new run instead of --resume")
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                state = json.loads(fh.metadata()["state"])
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as err:  # safetensors raises several types for a bad file
+            raise RobustOptError(f"checkpoint {path} is unreadable ({type(err).__name__}); "
+                                 "start the run again with --force") from None
+        return tensors, state

@@ -1,0 +1,156 @@
+"""Training settings as one value, the presets that name the recipes, and their checks.
+
+Every setting lives in :class:`TrainConfig`; the command line builds one from a preset
+plus flags, and the run directory stores it as ``config.json`` so a run can be resumed
+or reproduced from the file alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from ..errors import RobustOptError
+from ..threat import make_threat
+
+ADVERSARIES = ("none", "fgsm", "fgsm-rs", "pgd")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "piecewise", "onecycle")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (and therefore its weights)."""
+
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    train_n: int | None = None          # use only the first N training images (tests, smoke runs)
+    heldout_n: int = 1000               # last N training images: held out for epoch-end checks
+    augment: bool | None = None         # random crop + flip; default: on for CIFAR-10
+    model: str = "small-mnist"
+    model_kwargs: dict = field(default_factory=dict)
+    norm: str = "linf"
+    eps: float = 0.3
+    adversary: str = "pgd"              # none | fgsm | fgsm-rs | pgd
+    attack_steps: int = 7
+    attack_step_size: float | None = None  # at full eps; default 2.5 eps/steps, fgsm eps
+    eps_ramp_epochs: float = 0.0        # grow eps linearly from 0 over this many epochs
+    epochs: int = 4
+    batch_size: int = 100
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    schedule: str = "onecycle"          # constant | piecewise | onecycle
+    milestones: tuple = (0.5, 0.75)     # piecewise: fractions of training where lr *= lr_gamma
+    lr_gamma: float = 0.1
+    onecycle_peak: float = 0.4          # onecycle: fraction of training spent rising to lr
+    precision: str = "fp32"             # fp32 | bf16 (autocast for the search and the step)
+    eval_steps: int = 20                # PGD steps of the epoch-end held-out check
+    checkpoint_every_s: float = 300.0   # also checkpoint mid-epoch at this period
+    checkpoint_every_steps: int = 0     # and/or every N steps (0: off; used by tests)
+    overfit_guard: bool = True          # FGSM adversaries: stop on a collapse of held-out PGD acc
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> TrainConfig:
+        """Refuse settings that cannot train, each with a one-line reason; return self."""
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise RobustOptError(msg)
+        need(self.adversary in ADVERSARIES,
+             f"unknown adversary {self.adversary!r}: choose one of {', '.join(ADVERSARIES)}")
+        need(self.optimizer in OPTIMIZERS,
+             f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        need(self.schedule in SCHEDULES,
+             f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+        need(self.precision in PRECISIONS,
+             f"unknown precision {self.precision!r}: choose fp32 or bf16")
+        need(math.isfinite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}")
+        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        need(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
+        need(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        need(self.adversary != "pgd" or self.attack_steps >= 1,
+             f"PGD training needs attack_steps >= 1, got {self.attack_steps}")
+        need(self.attack_step_size is None or self.attack_step_size > 0,
+             f"attack step size must be > 0, got {self.attack_step_size}")
+        need(self.eps_ramp_epochs >= 0, "eps_ramp_epochs must be >= 0")
+        need(self.heldout_n >= 0 and self.eval_steps >= 1, "heldout_n >= 0 and eval_steps >= 1")
+        need(0 < self.onecycle_peak < 1, "onecycle_peak must be in (0, 1)")
+        make_threat(self.norm, self.eps)  # raises on a bad norm or eps
+        return self
+
+    @property
+    def uses_augmentation(self) -> bool:
+        return self.dataset.lower().startswith("cifar") if self.augment is None else self.augment
+
+    def step_size(self) -> float:
+        """The adversary's step at full eps."""
+        if self.attack_step_size is not None:
+            return self.attack_step_size
+        if self.adversary == "fgsm":
+            return self.eps
+        if self.adversary == "fgsm-rs":
+            return 1.25 * self.eps
+        return 2.5 * self.eps / max(self.attack_steps, 1)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise RobustOptError(f"unknown training setting(s) {', '.join(unknown)}: "
+                                 f"see 'robustopt train --help'")
+        d = dict(d)
+        if "milestones" in d:
+            d["milestones"] = tuple(d["milestones"])
+        return cls(**d)
+
+
+PRESETS: dict[str, dict] = {
+    # Madry et al.'s MNIST recipe: PGD-40 (step 0.01) on the 32/64/1024 CNN, Adam 1e-4,
+    # batch 50, 100k iterations (~83 epochs).
+    "mnist-madry": dict(dataset="mnist", model="madry-mnist", eps=0.3, adversary="pgd",
+                        attack_steps=40, attack_step_size=0.01, epochs=83, batch_size=50,
+                        optimizer="adam", lr=1e-4, schedule="constant", heldout_n=1000),
+    # The demo's recipe: minutes on 2 CPU cores.
+    "mnist-quick": dict(dataset="mnist", model="small-mnist", eps=0.3, adversary="pgd",
+                        attack_steps=7, attack_step_size=0.1, eps_ramp_epochs=1.0, epochs=4,
+                        batch_size=100, optimizer="adam", lr=1e-3, schedule="onecycle",
+                        precision="bf16"),
+    "mnist-best": dict(dataset="mnist", model="small-mnist", model_kwargs={"width": 2},
+                       eps=0.3, adversary="pgd", attack_steps=10, attack_step_size=0.075,
+                       eps_ramp_epochs=2.0, epochs=12, batch_size=100, optimizer="adam",
+                       lr=1e-3, schedule="onecycle", precision="bf16"),
+    # Wong et al. (2020) fast adversarial training on MNIST: FGSM from a random start.
+    "mnist-fast": dict(dataset="mnist", model="small-mnist", eps=0.3, adversary="fgsm-rs",
+                       attack_step_size=0.375, epochs=10, batch_size=100, optimizer="adam",
+                       lr=5e-3, schedule="onecycle", precision="bf16"),
+    # Madry et al.'s CIFAR-10 recipe: WRN-28-10, PGD-7 step 2/255, eps 8/255.
+    "cifar10-madry": dict(dataset="cifar10", model="wide-resnet",
+                          model_kwargs={"depth": 28, "width": 10}, eps=8 / 255,
+                          adversary="pgd", attack_steps=7, attack_step_size=2 / 255,
+                          epochs=205, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9,
+                          weight_decay=2e-4, schedule="piecewise", milestones=(0.5, 0.75)),
+    # Wong et al. (2020): FGSM-RS, alpha 10/255, one-cycle lr, PreAct-ResNet-18.
+    "cifar10-fast": dict(dataset="cifar10", model="preact-resnet18", eps=8 / 255,
+                         adversary="fgsm-rs", attack_step_size=10 / 255, epochs=15,
+                         batch_size=128, optimizer="sgd", lr=0.2, momentum=0.9,
+                         weight_decay=5e-4, schedule="onecycle", precision="bf16"),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    """A preset's config with any field overridden."""
+    if name not in PRESETS:
+        raise RobustOptError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return TrainConfig.from_dict({**PRESETS[name], **overrides})

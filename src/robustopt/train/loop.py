@@ -1,0 +1,293 @@
+"""The one training loop: outer minimisation over an interchangeable adversary.
+
+Data stays on the device as uint8 and is sliced per batch (no DataLoader). Batch
+order comes from (seed, epoch), adversary noise from a generator whose state is
+checkpointed, and schedules are pure functions of the step counter, so a run
+killed at any point and resumed ends with bit-identical weights on CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..attacks import pgd
+from ..data import epoch_permutation, load_dataset, random_crop_flip
+from ..errors import RobustOptError
+from ..models import DATASET_STATS, build_model
+from ..rundir import RunDir
+from ..threat import make_threat
+from . import state as train_state
+from .adversary import adversarial_batch
+from .config import TrainConfig
+from .schedule import epsilon, learning_rate
+
+Progress = Callable[[str, dict], None]
+
+
+def _silent(kind: str, info: dict) -> None:
+    pass
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: list[dict]
+    stopped: str  # "completed" | "overfitting" | "nan"
+    default_weights: str  # what load_model(run_dir) returns: "best" or "last"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RobustOptError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RobustOptError("device cuda requested but no GPU is available: use --device cpu")
+    return device
+
+
+def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _model_info(cfg: TrainConfig, model: nn.Module, shape: tuple, classes: tuple) -> dict:
+    return {"dataset": cfg.dataset, "input_shape": list(shape), "classes": list(classes),
+            "threat": make_threat(cfg.norm, cfg.eps).to_dict()}
+
+
+def heldout_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                  epoch: int, autocast: torch.dtype | None) -> dict:
+    """Clean and PGD accuracy and the PGD robust loss on the fixed held-out batch."""
+    if x.shape[0] == 0:
+        return {}
+    gen = torch.Generator(x.device).manual_seed(cfg.seed * 1_000_003 + epoch)
+    threat = make_threat(cfg.norm, cfg.eps)
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        clean = (model(x).argmax(1) == y).float().mean().item()
+        model.train(was)
+    res = pgd(model, x, y, threat, steps=cfg.eval_steps, loss="ce", generator=gen,
+              autocast=autocast)
+    return {"heldout_clean_acc": clean, "heldout_pgd_acc": res.accuracy,
+            "heldout_robust_loss": float(res.loss.mean())}
+
+
+class _Trainer:
+    """State of one run while it trains; `train()` is the public entry point."""
+
+    def __init__(self, cfg: TrainConfig, run: RunDir, progress: Progress) -> None:
+        self.cfg, self.run, self.progress = cfg, run, progress
+        self.device = pick_device(cfg.device)
+        self.autocast = torch.bfloat16 if cfg.precision == "bf16" else None
+        data = load_dataset(cfg.dataset, "train", cfg.data_dir)
+        images = torch.from_numpy(data.images)
+        labels = torch.from_numpy(data.labels)
+        n = images.shape[0] if cfg.train_n is None else min(cfg.train_n, images.shape[0])
+        hold = min(cfg.heldout_n, max(n - 1, 0))
+        self.x_train = images[: n - hold].to(self.device)
+        self.y_train = labels[: n - hold].to(self.device)
+        self.x_hold = (images[n - hold: n].float() / 255).to(self.device)
+        self.y_hold = labels[n - hold: n].to(self.device)
+        self.info = _model_info(cfg, None, tuple(data.images.shape[1:]), data.classes)
+        mean, std = DATASET_STATS.get(cfg.dataset.lower(), _stats(images))
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.model, mean=mean, std=std,
+                                 num_classes=len(data.classes), **cfg.model_kwargs)
+        self.model = self.model.to(self.device)
+        if self.autocast is not None:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = _make_optimizer(cfg, self.model)
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed + 1)
+        self.steps_per_epoch = math.ceil(self.x_train.shape[0] / cfg.batch_size)
+        self.counters = {"epoch": 0, "step": 0, "sums": [0.0, 0.0, 0.0],
+                         "best_acc": -1.0, "best_epoch": -1, "history": [], "elapsed": 0.0,
+                         "stopped": None}
+
+    # -- checkpointing ---------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        tensors, state = train_state.pack(self.model, self.optimizer, self.generator,
+                                          self.counters)
+        self.run.write_checkpoint(tensors, state)
+
+    def restore(self) -> None:
+        tensors, state = self.run.read_checkpoint()
+        self.counters = train_state.unpack(tensors, state, self.model, self.optimizer,
+                                           self.generator)
+        self.run.write_metrics(self.counters["history"])
+
+    # -- one optimisation step -------------------------------------------------------
+    def step(self, epoch: int, i: int, perm: torch.Tensor) -> None:
+        cfg = self.cfg
+        idx = perm[i * cfg.batch_size: (i + 1) * cfg.batch_size]
+        x = self.x_train[idx].float() / 255
+        y = self.y_train[idx]
+        if cfg.uses_augmentation:
+            x = random_crop_flip(x, 4, self.generator)
+        if self.autocast is not None:
+            x = x.contiguous(memory_format=torch.channels_last)
+        progress = epoch + i / self.steps_per_epoch
+        lr = learning_rate(cfg, progress)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x_adv = adversarial_batch(cfg, self.model, x, y, epsilon(cfg, progress),
+                                  self.generator, self.autocast)
+        self.model.train()
+        ctx = (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast
+               else _nullcontext())
+        with ctx:
+            logits = self.model(x_adv)
+        loss = F.cross_entropy(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise _Diverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        sums = self.counters["sums"]
+        sums[0] += loss.item() * y.shape[0]
+        sums[1] += (logits.argmax(1) == y).sum().item()
+        sums[2] += y.shape[0]
+
+    # -- epoch end ---------------------------------------------------------------------
+    def end_epoch(self, epoch: int, epoch_time: float, examples: int) -> dict:
+        cfg = self.cfg
+        loss_sum, correct, count = self.counters["sums"]
+        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1),
+                  "train_robust_acc": correct / max(count, 1),
+                  "lr": learning_rate(cfg, epoch + 1 - 1e-9),
+                  "eps": epsilon(cfg, epoch + 1 - 1e-9),
+                  **heldout_check(self.model, self.x_hold, self.y_hold, cfg, epoch,
+                                  self.autocast),
+                  "examples_per_s": examples / max(epoch_time, 1e-9),
+                  "epoch_time_s": epoch_time,
+                  "wall_time_s": self.counters["elapsed"]}
+        acc = record.get("heldout_pgd_acc", 0.0)
+        collapsed = (cfg.overfit_guard and cfg.adversary in ("fgsm", "fgsm-rs")
+                     and self.counters["best_acc"] > 0
+                     and acc < self.counters["best_acc"] - 0.2)
+        record["overfitting_detected"] = bool(collapsed)
+        if not collapsed and acc > self.counters["best_acc"]:
+            self.counters["best_acc"], self.counters["best_epoch"] = acc, epoch + 1
+            self.run.write_weights(self.model, "best", {**self.info, "epoch": epoch + 1})
+        self.run.write_weights(self.model, "last", {**self.info, "epoch": epoch + 1})
+        self.counters["history"].append(record)
+        self.counters["sums"] = [0.0, 0.0, 0.0]
+        return record
+
+    def fit(self) -> str:
+        cfg = self.cfg
+        last_save = time.monotonic()
+        while self.counters["epoch"] < cfg.epochs and self.counters["stopped"] is None:
+            epoch = self.counters["epoch"]
+            perm = epoch_permutation(self.x_train.shape[0], cfg.seed, epoch, self.device)
+            t_epoch, start_step = time.monotonic(), self.counters["step"]
+            t_last = time.monotonic()
+            for i in range(start_step, self.steps_per_epoch):
+                self.step(epoch, i, perm)
+                now = time.monotonic()
+                self.counters["elapsed"] += now - t_last
+                t_last = now
+                self.counters["step"] = i + 1
+                if i + 1 < self.steps_per_epoch and self._due(last_save, i + 1):
+                    self.save_checkpoint()
+                    last_save = time.monotonic()
+                s = self.counters["sums"]
+                self.progress("step", {"epoch": epoch + 1, "epochs": cfg.epochs, "step": i + 1,
+                                       "steps": self.steps_per_epoch,
+                                       "loss": s[0] / max(s[2], 1), "acc": s[1] / max(s[2], 1),
+                                       "rate": s[2] / max(now - t_epoch, 1e-9)
+                                       if start_step == 0 else None})
+            examples = (self.steps_per_epoch - start_step) * cfg.batch_size
+            record = self.end_epoch(epoch, time.monotonic() - t_epoch, examples)
+            self.counters["epoch"], self.counters["step"] = epoch + 1, 0
+            if record["overfitting_detected"]:
+                self._recover_from_collapse(record)
+            self.save_checkpoint()
+            last_save = time.monotonic()
+            self.run.write_metrics(self.counters["history"])
+            self.progress("epoch", record)
+        return self.counters["stopped"] or "completed"
+
+    def _due(self, last_save: float, step: int) -> bool:
+        every = self.cfg.checkpoint_every_steps
+        return (every > 0 and step % every == 0) or (
+            time.monotonic() - last_save >= self.cfg.checkpoint_every_s)
+
+    def _recover_from_collapse(self, record: dict) -> None:
+        """Catastrophic overfitting: restore the best weights as 'last' and stop."""
+        best = self.counters["best_epoch"]
+        self.progress("warning", {"message": (
+            f"catastrophic overfitting at epoch {record['epoch']}: held-out PGD accuracy fell "
+            f"from {self.counters['best_acc']:.1%} to {record['heldout_pgd_acc']:.1%}; "
+            f"restoring the weights of epoch {best} and stopping")})
+        from ..modelfile import read_model_file
+        _, weights = read_model_file(self.run.path / "best.safetensors")
+        self.model.load_state_dict(weights)
+        self.run.write_weights(self.model, "last", {**self.info, "epoch": best})
+        self.counters["stopped"] = "overfitting"
+
+
+class _Diverged(Exception):
+    pass
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = images.float() / 255
+    dims = [0, 2, 3]
+    return tuple(x.mean(dims).tolist()), tuple(x.std(dims).tolist())
+
+
+def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
+          force: bool = False, progress: Progress = _silent) -> TrainResult:
+    """Train (or resume) a run in ``out``; returns its metrics and how it stopped.
+
+    ``load_model(out)`` afterwards returns the best-by-held-out-PGD-accuracy weights.
+    """
+    if resume:
+        run = RunDir.open(out)
+        cfg = TrainConfig.from_dict(run.read_config())
+    else:
+        if cfg is None:
+            raise RobustOptError("give a training config or resume=True")
+        cfg.validate()
+        run = RunDir.create(out, force=force)
+    trainer = _Trainer(cfg.validate(), run, progress)
+    if resume:
+        trainer.restore()
+    else:
+        run.write_config(cfg.to_dict())
+        run.write_model_json({**trainer.info, "default_weights": "best",
+                              "weights": {"best": "best.safetensors",
+                                          "last": "model.safetensors"}})
+        trainer.save_checkpoint()
+    try:
+        stopped = trainer.fit()
+    except _Diverged as err:
+        trainer.counters["stopped"] = "nan"
+        progress("warning", {"message": f"training stopped: {err}; the last good checkpoint "
+                             "and weights are kept"})
+        raise RobustOptError(f"training diverged: {err}; the last good checkpoint in "
+                             f"{run.path} is kept (lower the learning rate)") from None
+    return TrainResult(run.path, trainer.counters["history"], stopped, "best")

@@ -1,0 +1,210 @@
+"""Training: adversaries work, metrics are recorded, resume is exact, bad input is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from robustopt import LinfBall, load_dataset, load_model, pgd
+from robustopt.cli import main
+from robustopt.errors import RobustOptError
+from robustopt.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+TINY = dict(dataset="mnist", data_dir=str(DATA), train_n=1100, heldout_n=100, epochs=2,
+            batch_size=50, model="small-mnist", eps=0.1, attack_steps=3, lr=3e-3,
+            schedule="constant", eval_steps=5, device="cpu", seed=0)
+
+METRIC_FIELDS = {"epoch", "train_loss", "train_robust_acc", "heldout_clean_acc",
+                 "heldout_pgd_acc", "heldout_robust_loss", "lr", "eps", "examples_per_s",
+                 "epoch_time_s", "wall_time_s"}
+
+
+@pytest.fixture(scope="module")
+def test_points():
+    x, y = load_dataset("mnist", "test", DATA).tensors(n=300)
+    return x, y
+
+
+def _robust_acc(run: Path, x, y) -> float:
+    model = load_model(run)
+    gen = torch.Generator().manual_seed(0)
+    return pgd(model, x, y, LinfBall(0.1), steps=10, generator=gen).accuracy
+
+
+def test_each_adversary_beats_standard_training(tmp_path, test_points):
+    accs = {}
+    for adversary in ("none", "fgsm", "fgsm-rs", "pgd"):
+        cfg = TrainConfig(**{**TINY, "adversary": adversary, "overfit_guard": False})
+        result = train(cfg, tmp_path / adversary)
+        assert result.stopped == "completed"
+        accs[adversary] = _robust_acc(tmp_path / adversary, *test_points)
+    for adversary in ("fgsm", "fgsm-rs", "pgd"):
+        assert accs[adversary] > accs["none"] + 0.1, accs
+
+
+def test_metrics_jsonl_has_documented_fields(tmp_path):
+    train(TrainConfig(**TINY), tmp_path / "run")
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert METRIC_FIELDS <= set(r), METRIC_FIELDS - set(r)
+        assert 0 <= r["heldout_pgd_acc"] <= r["heldout_clean_acc"] + 1e-9 <= 1 + 1e-9
+    for name in ("config.json", "model.json", "model.safetensors", "best.safetensors",
+                 "checkpoint/state.safetensors"):
+        assert (tmp_path / "run" / name).is_file(), name
+
+
+def _cli(out: Path, *extra: str) -> list[str]:
+    flags = []
+    for key, value in {**TINY, "epochs": 3, "train_n": 700, "checkpoint_every_steps": 2}.items():
+        flags += [f"--{key.replace('_', '-')}", str(value)]
+    return [sys.executable, "-m", "robustopt", "train", "--out", str(out), *flags, *extra]
+
+
+def _counters(run: Path) -> dict | None:
+    from safetensors import safe_open
+    try:
+        with safe_open(str(run / "checkpoint" / "state.safetensors"), "pt") as fh:
+            return json.loads(fh.metadata()["state"])["counters"]
+    except Exception:
+        return None
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(_cli(full), env=env, check=True, capture_output=True)
+    rng = random.Random()
+    target_step = rng.randrange(1, 30)  # 3 epochs of 12 steps; stop somewhere in them
+    proc = subprocess.Popen(_cli(killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        c = _counters(killed)
+        if c and c["epoch"] * 12 + c["step"] >= target_step:
+            time.sleep(rng.uniform(0, 0.3))  # land at an arbitrary point, maybe mid-write
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = subprocess.run([sys.executable, "-m", "robustopt", "train", "--resume",
+                              str(killed)], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ("model.safetensors", "best.safetensors"):
+        a, b = load_file(full / name), load_file(killed / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+    drop = {"examples_per_s", "epoch_time_s", "wall_time_s"}
+    strip = [{k: v for k, v in r.items() if k not in drop}
+             for r in map(json.loads, (full / "metrics.jsonl").read_text().splitlines())]
+    again = [{k: v for k, v in r.items() if k not in drop}
+             for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())]
+    assert strip == again
+
+
+def test_existing_run_is_not_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert main(["train", "--out", str(out), "--data-dir", str(DATA), "--train-n", "200"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "0"], "learning rate must be > 0"),
+    (["--lr", "-0.1"], "learning rate must be > 0"),
+    (["--adversary", "pgd", "--attack-steps", "0"], "attack_steps >= 1"),
+    (["--eps", "1.5"], "exceeds 1"),
+    (["--eps", "-0.1"], "eps must be"),
+    (["--preset", "mnist-nope"], "invalid choice"),
+    (["--adversary", "pgdd"], "unknown adversary"),
+    (["--epochs", "0"], "epochs must be >= 1"),
+])
+def test_bad_training_settings_are_one_line_errors(tmp_path, capsys, flags, message):
+    code = main(["train", "--out", str(tmp_path / "r"), "--data-dir", str(DATA), *flags])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1, err
+    assert "Traceback" not in err
+
+
+def test_unwritable_output_directory(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")  # even root cannot create a directory below a file
+    code = main(["train", "--out", str(blocker / "run"), "--data-dir", str(DATA)])
+    err = capsys.readouterr().err
+    assert code == 2 and "writable" in err and err.count("\n") == 1, err
+
+
+def test_full_disk_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    real_replace = os.replace
+
+    def full(src, dst):
+        if str(dst).endswith("model.safetensors") or str(dst).endswith("state.safetensors"):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    code = main(["train", "--out", str(tmp_path / "r"), "--data-dir", str(DATA),
+                 "--train-n", "300", "--heldout-n", "50", "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "No space left" in err and "free some disk space" in err, err
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    out = tmp_path / "r"
+    code = main(["train", "--out", str(out), "--data-dir", str(DATA), "--train-n", "600",
+                 "--heldout-n", "50", "--epochs", "2", "--optimizer", "sgd", "--lr", "1e30",
+                 "--adversary", "none", "--schedule", "constant", "--checkpoint-every-steps",
+                 "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "diverged" in err, err
+    tensors = load_file(out / "checkpoint" / "state.safetensors")
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("model."))
+
+
+def test_overfitting_guard_restores_best_and_stops(tmp_path, monkeypatch):
+    from robustopt.train import loop
+
+    accs = iter([0.6, 0.7, 0.1, 0.5])
+
+    def fake_check(*args, **kwargs):
+        return {"heldout_clean_acc": 0.9, "heldout_pgd_acc": next(accs),
+                "heldout_robust_loss": 1.0}
+
+    monkeypatch.setattr(loop, "heldout_check", fake_check)
+    messages = []
+    cfg = TrainConfig(**{**TINY, "adversary": "fgsm-rs", "epochs": 4, "train_n": 300,
+                         "heldout_n": 50})
+    result = train(cfg, tmp_path / "r", progress=lambda k, i: messages.append((k, i)))
+    assert result.stopped == "overfitting"
+    assert len(result.metrics) == 3 and result.metrics[-1]["overfitting_detected"]
+    assert any(k == "warning" and "catastrophic overfitting" in i["message"]
+               for k, i in messages)
+    best, last = load_file(tmp_path / "r" / "best.safetensors"), load_file(
+        tmp_path / "r" / "model.safetensors")
+    assert all(torch.equal(best[k], last[k]) for k in best)
+
+
+def test_config_roundtrip_and_unknown_preset():
+    cfg = TrainConfig(**TINY)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    from robustopt.train import preset
+    with pytest.raises(RobustOptError, match="unknown preset"):
+        preset("nope")
