@@ -74,7 +74,7 @@ def forward_checked(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Run the model once on a batch, turning shape mismatches into one-line errors."""
     try:
         out = model(x)
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(
             f"the model rejected input of shape {tuple(x.shape)} ({first[:160]}): "

@@ -107,9 +107,8 @@ def _better(loss: torch.Tensor, success: torch.Tensor, best_loss: torch.Tensor,
 def _pick_best_restart(loss: torch.Tensor, success: torch.Tensor) -> torch.Tensor:
     """Index over the restart axis (dim 0) of each example's best point by (success, loss)."""
     any_success = success.any(dim=0, keepdim=True)
-    ranked = loss.masked_fill(any_success & ~success, float("-inf"))
-    ranked = ranked.nan_to_num(nan=float("-inf"))
-    return ranked.argmax(dim=0)
+    ranked = loss.nan_to_num(nan=-3e38)  # a NaN-loss success still beats any failure
+    return ranked.masked_fill(any_success & ~success, float("-inf")).argmax(dim=0)
 
 
 def _run_group(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
@@ -192,6 +191,16 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMo
                          f"restarts={restarts}")
     track_best = track_best or restarts > 1  # choosing among restarts needs the scores
     n = x.shape[0]
+    if max_batch is not None and n > max_batch:  # bound memory: attack the batch in slices
+        parts = [perturb(model, x[i:i + max_batch], y[i:i + max_batch], threat, loss_fn,
+                         None if target is None else target[i:i + max_batch], steps=steps,
+                         step_size=step_size, restarts=restarts, random_start=random_start,
+                         track_best=track_best, stop_on_success=stop_on_success,
+                         generator=generator, autocast=autocast, max_batch=max_batch)
+                 for i in range(0, n, max_batch)]
+        cat = (lambda ts: None if ts[0] is None else torch.cat(ts))  # noqa: E731
+        return Perturbation(torch.cat([p.x_adv for p in parts]),
+                            cat([p.loss for p in parts]), cat([p.success for p in parts]))
     per_group = restarts if max_batch is None else max(1, min(restarts, max_batch // max(n, 1)))
     picked: list[Perturbation] = []
     done = 0

@@ -23,8 +23,8 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
     if step_size is None:
         step_size = threat.eps * (1.25 if random_start else 1.0)
     loss_fn = get_loss(loss)
-    prepare(model, x, y, target)
     with eval_mode(model):
+        prepare(model, x, y, target)
         found = perturb(model, x, y, threat, loss_fn, target, steps=1, step_size=step_size,
                         random_start=random_start, track_best=False, generator=generator)
         return finalize(model, x, y, found.x_adv, threat, loss_fn, target)

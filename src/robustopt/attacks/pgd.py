@@ -32,8 +32,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
     if step_size < 0:
         raise InputError(f"step size must be >= 0, got {step_size}")
     loss_fn = get_loss(loss)
-    prepare(model, x, y, target)
     with eval_mode(model):
+        prepare(model, x, y, target)
         found = perturb(model, x, y, threat, loss_fn, target, steps=steps, step_size=step_size,
                         restarts=restarts, random_start=random_start,
                         stop_on_success=stop_on_success, generator=generator,

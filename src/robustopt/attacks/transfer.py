@@ -23,7 +23,7 @@ def transfer(source: nn.Module, target_model: nn.Module, x: torch.Tensor, y: tor
     """Run ``attack`` on ``source`` and report how its points fare on ``target_model``."""
     crafted = attack(source, x, y, threat, **attack_kwargs)
     target = attack_kwargs.get("target")
-    prepare(target_model, x, y, target)
     with eval_mode(target_model):
+        prepare(target_model, x, y, target)
         return finalize(target_model, x, y, crafted.x_adv, threat,
                         get_loss(attack_kwargs.get("loss", "ce")), target)

@@ -104,5 +104,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"adversarial accuracy {correct / args.n:.2%} under {how} in {elapsed:.1f} s")
     if args.save_adv:
         write_npy_atomic(args.save_adv, np.concatenate(advs))
-        print(f"adversarial examples written to {args.save_adv}")
+        print(f"wrote the adversarial examples to {args.save_adv}")
     return 0
