@@ -4,7 +4,8 @@ from .apgd import APGDResult, apgd, apgd_ce, apgd_t
 from .core import AttackResult, eval_mode, finalize, perturb
 from .fgsm import fgsm
 from .pgd import pgd
+from .square import SquareResult, square
 from .transfer import transfer
 
 __all__ = ["APGDResult", "AttackResult", "apgd", "apgd_ce", "apgd_t", "eval_mode", "fgsm",
-           "finalize", "perturb", "pgd", "transfer"]
+           "finalize", "perturb", "pgd", "square", "SquareResult", "transfer"]
