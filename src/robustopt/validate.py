@@ -17,6 +17,7 @@ def check_images(x: torch.Tensor, name: str = "images") -> None:
     """``x`` must be a finite float NCHW batch with values in [0, 1]."""
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    x = x.detach()  # only values are read; no autograd warning for inputs that require grad
     if x.dim() != 4:
         raise InputError(
             f"{name} must be a 4-D batch [N, C, H, W], got shape {tuple(x.shape)}: "

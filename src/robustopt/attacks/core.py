@@ -190,6 +190,7 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMo
         raise InputError(f"need steps >= 0 and restarts >= 1, got steps={steps}, "
                          f"restarts={restarts}")
     track_best = track_best or restarts > 1  # choosing among restarts needs the scores
+    x = x.detach()  # a caller's x may require grad: no graph through the iterates
     n = x.shape[0]
     if max_batch is not None and n > max_batch:  # bound memory: attack the batch in slices
         parts = [perturb(model, x[i:i + max_batch], y[i:i + max_batch], threat, loss_fn,
@@ -225,6 +226,7 @@ def finalize(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Te
              threat: ThreatModel, loss_fn: LossFn, target: torch.Tensor | None = None
              ) -> AttackResult:
     """Re-project, verify membership, and score the points with a float32 forward pass."""
+    x = x.detach()  # the returned points carry no graph back to the caller's x
     x_adv = threat.project(x_adv.detach().to(x.dtype), x)
     inside = threat.contains(x_adv, x)
     if not bool(inside.all()):

@@ -403,10 +403,9 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
     max_batch = _count("max_batch", max_batch)
     p_init = _fraction(p_init)
     loss_fn = get_loss(loss)
-    prepare(model, x, y, target)
-
     n = x.shape[0]
     with eval_mode(model), torch.no_grad():
+        prepare(model, x, y, target)  # in eval mode: the check must not move BatchNorm stats
         oracle = _Oracle(model, loss_fn, max_batch)
         ledger = _Ledger(n, x.device)
         everyone = torch.arange(n, device=x.device)

@@ -1,0 +1,176 @@
+"""``robustopt evaluate``: the worst-case robust accuracy of a saved model under an attack suite.
+
+Writes ``eval.json`` into the run directory (through :class:`RunDir`), prints the
+table, and optionally saves the strongest adversarial point per example and an eps
+sweep (data in eval.json, figure in ``plots/eval_sweep.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..atomic import write_json_atomic, write_npy_atomic
+from ..data import load_dataset
+from ..errors import RobustOptError
+from ..evaluate import SUITE_NAMES, evaluate, plot_sweep, sweep
+from ..modelfile import load_model, read_model_file
+from ..rundir import RunDir
+from ..threat import make_threat, parse_eps
+from ..train.loop import pick_device
+from .common import add_data_flags, add_device_flag, eps_arg, positive_int
+from .progress import Progress
+
+
+def _eps_list(text: str) -> list[float]:
+    try:
+        values = [parse_eps(t) for t in text.split(",") if t.strip()]
+    except RobustOptError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected radii like 0.1,0.2,8/255, got {text!r}")
+    return values
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed >= 0, got {value}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="worst-case robust accuracy under an attack suite",
+                       description="Evaluate a run directory or model file on the first N "
+                       "test images with a suite of attacks (survivor-only chaining), "
+                       "sanity checks and an optional eps sweep; writes eval.json.")
+    p.add_argument("model", help="run directory or .safetensors model file")
+    p.add_argument("--eps", type=eps_arg, help="radius, e.g. 0.3 or 8/255 (default: the model's)")
+    p.add_argument("--norm", help="linf or l2 (default: the model's threat model, else linf)")
+    p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
+    p.add_argument("--n", type=positive_int, default=1000, help="first N test images (1000)")
+    p.add_argument("--suite", default="standard", choices=SUITE_NAMES,
+                   help="attack suite (default: standard, AutoAttack's budgets)")
+    p.add_argument("--steps", type=positive_int, help="override every attack's steps")
+    p.add_argument("--restarts", type=positive_int, help="override every attack's restarts")
+    p.add_argument("--queries", type=positive_int, help="override Square's query budget")
+    p.add_argument("--transfer-from", metavar="MODEL",
+                   help="also run a transfer attack crafted on this model")
+    p.add_argument("--no-sanity", dest="sanity", action="store_false",
+                   help="skip the sanity FGSM and probes (the chain-based checks still run)")
+    p.add_argument("--save-adv", metavar="FILE",
+                   help="write the strongest adversarial point per example as float32 .npy")
+    p.add_argument("--sweep", type=_eps_list, metavar="EPS,EPS,...",
+                   help="also measure robust accuracy at these radii (e.g. 0.1,0.2,0.3)")
+    p.add_argument("--sweep-suite", default="quick", choices=SUITE_NAMES,
+                   help="suite of the sweep (default: quick)")
+    p.add_argument("--out", metavar="FILE",
+                   help="where to write the JSON (default: eval.json in the run directory; "
+                   "required to save it for a bare model file)")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=500)
+    add_data_flags(p)
+    add_device_flag(p)
+    p.set_defaults(run=run)
+
+
+def _source_model(path: str, dataset: str, record: dict, device):
+    src_record, _ = read_model_file(path)
+    src_dataset = src_record.get("dataset")
+    if src_dataset and src_dataset.lower() != dataset.lower():
+        raise RobustOptError(f"--transfer-from {path} was trained on {src_dataset}, not "
+                             f"{dataset}: give a source model for the same dataset")
+    shape, src_shape = record.get("input_shape"), src_record.get("input_shape")
+    if shape and src_shape and list(shape) != list(src_shape):
+        raise RobustOptError(f"--transfer-from {path} takes inputs of shape {src_shape}, the "
+                             f"model {shape}: give a source model for the same input shape")
+    return load_model(path, device=device)
+
+
+def run(args: argparse.Namespace) -> int:
+    device = pick_device(args.device)
+    path = Path(args.model)
+    record, _ = read_model_file(path)
+    dataset = args.dataset or record.get("dataset")
+    if not dataset:
+        raise RobustOptError(f"{args.model} does not say its dataset: pass --dataset")
+    saved = record.get("threat") or {}
+    norm = args.norm or saved.get("norm", "linf")
+    eps = args.eps if args.eps is not None else saved.get("eps")
+    if eps is None:
+        raise RobustOptError("no eps given and the model file has no threat model: pass --eps")
+    threat = make_threat(norm, eps)
+    if args.sweep:
+        for e in args.sweep:
+            make_threat(norm, e)
+    model = load_model(path, device=device)
+    source = (_source_model(args.transfer_from, dataset, record, device)
+              if args.transfer_from else None)
+    data = load_dataset(dataset, "test", args.data_dir)
+    if args.n > len(data.labels):
+        raise RobustOptError(f"--n {args.n} exceeds the {len(data.labels)} test examples of "
+                             f"{dataset}: use --n {len(data.labels)} or less")
+    x, y = data.tensors(device=device, n=args.n)
+    budget = {k: getattr(args, k) for k in ("steps", "restarts", "queries")
+              if getattr(args, k) is not None}
+    progress = Progress()
+    result = evaluate(model, x, y, threat, args.suite, transfer_from=source, seed=args.seed,
+                      batch_size=args.batch_size, progress=progress, sanity=args.sanity,
+                      budget=budget or None)
+    sweep_data = None
+    plot = None
+    if args.sweep:
+        sweep_data = sweep(model, x, y, norm, args.sweep, args.sweep_suite,
+                           transfer_from=source, seed=args.seed, batch_size=args.batch_size,
+                           budget=budget or None, progress=progress)
+        result.attach_sweep(sweep_data)
+    report = result.to_json()
+    doc = {
+        "robustopt_version": __version__,
+        "settings": {**report.pop("settings"), "model": str(path), "dataset": dataset, "split": "test", "n": args.n,
+                     "norm": threat.norm, "eps": threat.eps, "suite": args.suite,
+                     "budget": budget or None, "transfer_from": args.transfer_from,
+                     "sanity": args.sanity, "batch_size": args.batch_size,
+                     "device": str(device), "sweep": args.sweep,
+                     "sweep_suite": args.sweep_suite if args.sweep else None},
+        "seed": args.seed,
+        "test_indices": list(range(args.n)),
+        **{k: v for k, v in report.items() if k != "robustopt_version"},
+        "sweep": sweep_data,
+    }
+    is_run = path.is_dir()
+    if is_run and sweep_data is not None:
+        plot = plot_sweep(sweep_data, RunDir(path).plots_dir() / "eval_sweep.png")
+        doc["sweep"]["plot"] = str(plot.relative_to(path))
+    elif sweep_data is not None and args.out:
+        plot = plot_sweep(sweep_data, Path(args.out).with_suffix(".sweep.png"))
+        doc["sweep"]["plot"] = str(plot)
+    if args.out:
+        write_json_atomic(args.out, doc)
+        where = args.out
+    elif is_run:
+        RunDir(path).write_eval(doc)
+        where = str(path / "eval.json")
+    else:
+        where = None
+    if args.save_adv:
+        write_npy_atomic(args.save_adv, result.x_adv.float().numpy().astype(np.float32))
+    print(f"model {args.model} on {dataset}/test, first {args.n} examples")
+    print(result.table())
+    if sweep_data is not None:
+        print("eps sweep (" + args.sweep_suite + "): " + ", ".join(
+            f"{e:.4g}: {a:.2%}" for e, a in zip(sweep_data["eps"],
+                                                 sweep_data["robust_accuracy"], strict=True)))
+    if where:
+        print(f"results written to {where}" + (f", sweep plot {plot}" if plot else ""))
+    else:
+        print("results not saved: pass --out FILE.json to keep them for a bare model file")
+    if args.save_adv:
+        print(f"adversarial examples written to {args.save_adv}")
+    return 0
