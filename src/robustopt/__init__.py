@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 from .attacks import AttackResult, apgd, apgd_ce, apgd_t, fgsm, pgd, square, transfer  # noqa: E402
 from .data import load_dataset  # noqa: E402
 from .errors import DataError, InputError, ModelFileError, RobustOptError  # noqa: E402
+from .evaluate import EvalResult, evaluate, sweep  # noqa: E402
 from .losses import cross_entropy, dlr, margin  # noqa: E402
 from .modelfile import load_model, save_model  # noqa: E402
 from .models import build_model  # noqa: E402
@@ -17,7 +18,7 @@ from .train import TrainConfig, preset, train  # noqa: E402
 
 __all__ = [
     "AttackResult", "DataError", "InputError", "L2Ball", "LinfBall", "ModelFileError",
-    "apgd", "apgd_ce", "apgd_t", "square",
+    "apgd", "apgd_ce", "apgd_t", "square", "EvalResult", "evaluate", "sweep",
     "RobustOptError", "ThreatModel", "TrainConfig", "__version__", "build_model",
     "cross_entropy", "dlr", "fgsm", "load_dataset", "load_model", "make_threat", "margin",
     "parse_eps", "pgd", "preset", "save_model", "train", "transfer",

@@ -58,7 +58,7 @@ def check_labels(y: torch.Tensor, n: int, num_classes: int | None = None,
         )
 
 
-def check_logits(logits: object, n: int) -> torch.Tensor:
+def check_logits(logits: object, n: int, where: str = "on clean inputs") -> torch.Tensor:
     """The model must return a finite [n, classes] tensor."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != n:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -67,7 +67,7 @@ def check_logits(logits: object, n: int) -> torch.Tensor:
             "wrap it so that forward returns one [batch, classes] tensor"
         )
     if not torch.isfinite(logits).all():
-        raise InputError("the model returned NaN or inf logits on clean inputs: check the model")
+        raise InputError(f"the model returned NaN or inf logits {where}: check the model")
     return logits
 
 

@@ -90,6 +90,10 @@ def loss_and_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss_f
         with _autocast(x_adv, autocast):
             logits = model(x_adv)
         loss = loss_fn(logits, y, target)
+        if not loss.requires_grad:
+            raise InputError("the model's output does not depend differentiably on its input "
+                             "(no_grad or detach inside forward): use a gradient-free attack "
+                             "such as square")
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
     # A model that is NaN/inf on some inputs must not push points out of the set (the L2
     # direction of a NaN gradient is NaN): such rows stay put and the final float32 check
@@ -237,7 +241,7 @@ def finalize(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Te
             f"> eps {threat.eps:g}); please report this bug"
         )
     with torch.no_grad():
-        logits = check_logits(model(x_adv), x.shape[0]).float()
+        logits = check_logits(model(x_adv), x.shape[0], "at the adversarial points").float()
     loss = loss_fn(logits, y, target)
     return AttackResult(x_adv=x_adv, loss=loss, correct=logits.argmax(1) == y,
                         success=goal_met(logits, y, target), logits=logits)

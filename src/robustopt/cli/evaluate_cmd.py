@@ -129,18 +129,19 @@ def run(args: argparse.Namespace) -> int:
         sweep_data = sweep(model, x, y, norm, args.sweep, args.sweep_suite,
                            transfer_from=source, seed=args.seed, batch_size=args.batch_size,
                            budget=budget or None, progress=progress)
-        result.attach_sweep(sweep_data)
+        result.attach_sweep(sweep_data, warn=False)  # sweep() has already warned
     report = result.to_json()
+    settings = {**report.pop("settings"), "model": str(path), "dataset": dataset,
+                "split": "test", "n": args.n, "norm": threat.norm, "eps": threat.eps,
+                "suite": args.suite, "budget": budget or None,
+                "transfer_from": args.transfer_from, "sanity": args.sanity,
+                "batch_size": args.batch_size, "device": str(device), "sweep": args.sweep,
+                "sweep_suite": args.sweep_suite if args.sweep else None}
     doc = {
         "robustopt_version": __version__,
-        "settings": {**report.pop("settings"), "model": str(path), "dataset": dataset, "split": "test", "n": args.n,
-                     "norm": threat.norm, "eps": threat.eps, "suite": args.suite,
-                     "budget": budget or None, "transfer_from": args.transfer_from,
-                     "sanity": args.sanity, "batch_size": args.batch_size,
-                     "device": str(device), "sweep": args.sweep,
-                     "sweep_suite": args.sweep_suite if args.sweep else None},
+        "settings": settings,
         "seed": args.seed,
-        "test_indices": list(range(args.n)),
+        "test_indices": {"split": "test", "start": 0, "stop": args.n},  # the first N
         **{k: v for k, v in report.items() if k != "robustopt_version"},
         "sweep": sweep_data,
     }

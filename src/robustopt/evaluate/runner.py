@@ -98,9 +98,14 @@ class _Emitter:
 
 
 def _has_input_gradient(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the logits depend differentiably on the input (white-box attacks need it)."""
     with torch.enable_grad():
-        out = model(x.detach().clone().requires_grad_(True))
-    return isinstance(out, torch.Tensor) and out.requires_grad
+        xr = x.detach().clone().requires_grad_(True)
+        out = model(xr)
+        if not (isinstance(out, torch.Tensor) and out.requires_grad):
+            return False
+        (grad,) = torch.autograd.grad(out.float().sum(), xr, allow_unused=True)
+    return grad is not None
 
 
 def _loss_for(spec: AttackSpec, classes: int, targeted: bool) -> str:
@@ -307,11 +312,13 @@ class EvalResult:
     def failed_checks(self) -> list[S.Verdict]:
         return [v for v in self.verdicts if v.passed is False]
 
-    def attach_sweep(self, sweep: dict, progress: Progress | None = None) -> S.Verdict:
-        """Add (or replace) the accuracy-vs-eps verdict from an eps sweep."""
+    def attach_sweep(self, sweep: dict, progress: Progress | None = None, *,
+                     warn: bool = True) -> S.Verdict:
+        """Add (or replace) the accuracy-vs-eps verdict from an eps sweep; a failure is
+        reported through ``progress`` (else the logger) unless ``warn`` is false."""
         verdict = S.check_sweep(sweep, self.sanity_config)
         self.verdicts = [v for v in self.verdicts if v.name != verdict.name] + [verdict]
-        if verdict.passed is False:
+        if verdict.passed is False and warn:
             _Emitter(progress).warning(verdict.message(), check=verdict.name)
         return verdict
 
@@ -398,9 +405,11 @@ class EvalResult:
 
 
 def _check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
-                  seed: int, batch_size: int) -> None:
+                  seed: int, batch_size: int, source: nn.Module | None) -> None:
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if source is not None and not isinstance(source, nn.Module):
+        raise InputError(f"transfer_from must be a torch.nn.Module, got {type(source).__name__}")
     if not isinstance(threat, ThreatModel):
         raise InputError(f"threat must be a ThreatModel such as LinfBall(0.3), got "
                          f"{type(threat).__name__}")
@@ -427,8 +436,6 @@ def _clean_pass(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Ten
 
 
 def _check_source(source: nn.Module, x: torch.Tensor, classes: int) -> None:
-    if not isinstance(source, nn.Module):
-        raise InputError(f"transfer_from must be a torch.nn.Module, got {type(source).__name__}")
     try:
         with torch.no_grad():
             k = forward_checked(source, x[:2]).shape[1]
@@ -468,7 +475,10 @@ def _chain_verdicts(stats: list[AttackStats], clean: torch.Tensor, chain: bool,
         broke = int((ran[i].broke_mask & missed).sum())
         verdicts.append(S.check_fgsm(broke, int(missed.sum()), n_ref, bool(iters), cfg))
     else:
-        verdicts.append(S._na("fgsm-vs-iterative", "the sanity FGSM was not run (sanity=False)"))
+        skipped = [a.skipped for a in stats if a.spec.sanity and a.skipped]
+        why = f"the sanity FGSM was skipped: {skipped[0]}" if skipped else \
+            "the sanity FGSM was not run (sanity=False)"
+        verdicts.append(S._na("fgsm-vs-iterative", why))
     # black-box vs white-box
     wb = [i for i, a in enumerate(ran) if a.spec.white_box]
     bb = [i for i, a in enumerate(ran) if a.spec.black_box and (not chain or i > max(wb))] \
@@ -492,9 +502,10 @@ def _chain_verdicts(stats: list[AttackStats], clean: torch.Tensor, chain: bool,
         why = "no cross-entropy white-box attack ran"
     elif not mg:
         why = "no margin/DLR white-box attack ran after the cross-entropy attacks"
-    missed = clean & ~union(ran[i] for i in ce)
-    broke = int((union(ran[i] for i in mg) & missed).sum())
-    verdicts.append(S.check_ce_margin(broke, int(missed.sum()), n_ref, why, cfg))
+    ce_hit = clean & union(ran[i] for i in ce)
+    broke = int((union(ran[i] for i in mg) & clean & ~ce_hit).sum())
+    verdicts.append(S.check_ce_margin(broke, n_ref - int(ce_hit.sum()), n_ref, why, cfg,
+                                      ce_broke=int(ce_hit.sum())))
     return verdicts
 
 
@@ -527,7 +538,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
     else to the ``robustopt.evaluate`` logger.
     """
     start_time = time.perf_counter()
-    _check_inputs(model, x, y, threat, seed, batch_size)
+    _check_inputs(model, x, y, threat, seed, batch_size, transfer_from)
     emit = _Emitter(progress)
     cfg = sanity if isinstance(sanity, S.SanityConfig) else (S.SanityConfig() if sanity
                                                              else None)
@@ -570,6 +581,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
                 st.skipped = "eps = 0: the threat set is the clean point"
             elif st.spec.white_box and not differentiable:
                 st.skipped = "the model's output has no input gradient"
+        lost = [st.name for st in stats if st.skipped and st.spec.white_box and threat.eps > 0]
+        if lost:
+            emit.warning("the model's output has no input gradient (it detaches or runs under "
+                         f"no_grad): white-box attacks skipped ({', '.join(lost)}); only "
+                         "black-box attacks count, so the robust accuracy is an upper bound "
+                         "at best", event="skipped")
         batches = list(range(0, n, batch_size))
         for b, lo in enumerate(batches):
             hi = min(lo + batch_size, n)
@@ -627,13 +644,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
                                  lambda i: _generator(dev, seed, 1_000_000, i),
                                  differentiable=differentiable)
             sanity_passes = counted.count - c0
-        if cfg is not None:
-            verdicts += [S.check_gradients(probe, cfg), S.check_steps(probe, cfg),
-                         S.check_spread(probe, cfg), S.check_huge_eps(probe, cfg)]
-            if threat.eps == 0:
-                verdicts = [replace(v, passed=None, detail="eps = 0: nothing to attack",
-                                    likely_cause="") for v in verdicts]
-        verdicts.append(S.check_sweep(sweep_result, cfg))
+        rules = cfg or S.SanityConfig()
+        verdicts += [S.check_gradients(probe, rules), S.check_steps(probe, rules),
+                     S.check_spread(probe, rules), S.check_huge_eps(probe, rules)]
+        if threat.eps == 0:
+            verdicts = [replace(v, passed=None, detail="eps = 0: nothing to attack",
+                                likely_cause="") for v in verdicts]
+        verdicts.append(S.check_sweep(sweep_result, rules))
     order = {name: i for i, name in enumerate(S.CHECK_NAMES)}
     verdicts.sort(key=lambda v: order.get(v.name, len(order)))
     for v in verdicts:

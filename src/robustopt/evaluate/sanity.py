@@ -14,7 +14,8 @@ Checks computed from the attack chain itself (no extra compute):
     attacks missed: gradient masking.
 ``ce-vs-margin``
     Margin/DLR attacks, run after the cross-entropy ones, break more than
-    ``max(2, 5%)`` of the clean-correct points: softmax saturation.
+    ``max(2, 5%)`` of the clean-correct points *and* more points than the cross-entropy
+    attacks broke themselves (CE "far weaker"): softmax saturation.
 ``fgsm-vs-iterative`` (needs the sanity FGSM, run after the iterative white-box attacks)
     One FGSM step breaks more than ``max(1, 1%)`` of the points the iterative attacks
     missed; a single step must never beat many.
@@ -270,18 +271,24 @@ def check_black_box(broke: int, attacked: int, n_ref: int, applicable: str | Non
 
 
 def check_ce_margin(broke: int, attacked: int, n_ref: int, applicable: str | None,
-                    cfg: SanityConfig) -> Verdict:
+                    cfg: SanityConfig, ce_broke: int = 0) -> Verdict:
+    """Margin/DLR attacks broke ``broke`` of the ``attacked`` points CE attacks (which broke
+    ``ce_broke``) missed. Fails only when that is both many points and more than the CE
+    attacks broke themselves: "far weaker", not the few extra points margin losses
+    always add (on under-trained, low-confidence models CE also trails margin a little).
+    """
     name = "ce-vs-margin"
     if applicable:
         return _na(name, applicable)
     if attacked == 0:
         return _na(name, "the cross-entropy attacks broke every point; nothing to compare")
     limit = _allowed(n_ref, cfg.ce_margin_frac, 2)
-    data = {"margin_broke": broke, "ce_survivors": attacked, "allowed": limit}
-    if broke > limit:
+    data = {"margin_broke": broke, "ce_broke": ce_broke, "ce_survivors": attacked,
+            "allowed": limit}
+    if broke > limit and broke > ce_broke:
         return Verdict(name, False,
                        f"margin/DLR attacks broke {broke} of the {attacked} points the "
-                       "cross-entropy attacks missed",
+                       f"cross-entropy attacks missed (which broke only {ce_broke})",
                        "softmax saturation: cross-entropy gradients vanish when logits are "
                        "very large (scaled logits, distillation); trust margin/DLR losses",
                        data)
@@ -292,12 +299,12 @@ def check_ce_margin(broke: int, attacked: int, n_ref: int, applicable: str | Non
 def check_gradients(probe: ProbeData | None, cfg: SanityConfig) -> Verdict:
     name = "gradients"
     if probe is None:
-        return _na(name, "sanity probes not run")
-    if probe.n < cfg.min_points:
-        return _na(name, f"only {probe.n} clean-correct points to probe")
+        return _na(name, "sanity probes not run (sanity=False)")
     n = probe.n
     data = {"points": n, "zero_ce": probe.grad_zero_ce, "zero_margin": probe.grad_zero_margin,
             "non_finite": probe.grad_nonfinite, "differentiable": probe.differentiable}
+    if probe.differentiable and n < cfg.min_points:
+        return _na(name, f"only {n} clean-correct points to probe")
     if not probe.differentiable:
         return Verdict(name, False, "the model's output does not depend differentiably on "
                        "its input (no gradient at all)",
@@ -328,7 +335,7 @@ def check_gradients(probe: ProbeData | None, cfg: SanityConfig) -> Verdict:
 def check_steps(probe: ProbeData | None, cfg: SanityConfig) -> Verdict:
     name = "more-steps"
     if probe is None:
-        return _na(name, "sanity probes not run")
+        return _na(name, "sanity probes not run (sanity=False)")
     if not probe.differentiable:
         return _na(name, "the model has no input gradient; PGD cannot run")
     if probe.n < cfg.min_points:
@@ -357,7 +364,7 @@ def check_steps(probe: ProbeData | None, cfg: SanityConfig) -> Verdict:
 def check_spread(probe: ProbeData | None, cfg: SanityConfig) -> Verdict:
     name = "restart-spread"
     if probe is None:
-        return _na(name, "sanity probes not run")
+        return _na(name, "sanity probes not run (sanity=False)")
     if not probe.differentiable:
         return _na(name, "the model has no input gradient; PGD cannot run")
     if cfg.restarts < 2:
@@ -383,7 +390,7 @@ def check_spread(probe: ProbeData | None, cfg: SanityConfig) -> Verdict:
 def check_huge_eps(probe: ProbeData | None, cfg: SanityConfig) -> Verdict:
     name = "huge-eps"
     if probe is None:
-        return _na(name, "sanity probes not run")
+        return _na(name, "sanity probes not run (sanity=False)")
     if not probe.differentiable:
         return _na(name, "the model has no input gradient; PGD cannot run")
     if probe.huge_survivors is None:
@@ -417,7 +424,7 @@ def check_sweep(sweep: dict | None, cfg: SanityConfig | None = None) -> Verdict:
     low = pairs[0]
     for e, a in pairs[1:]:
         if a - low[1] > worst:
-            worst, where = a - low[1], (low[0], e)
+            worst, where = a - low[1], [low[0], e]
         if a < low[1]:
             low = (e, a)
     rise = round(worst * n)

@@ -44,12 +44,16 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str,
                   "suite": suite_label(suite), "seed": seed, "n": int(x.shape[0]),
                   "eps": eps, "robust_accuracy": [], "clean_accuracy": None, "attacks": {},
                   "passes": [], "time_s": []}
+    def inner(kind: str, info: dict) -> None:  # the sweep judges itself: no per-eps warnings
+        if progress is not None and kind != "warning":
+            progress(kind, info)
+
     for threat in threats:
         if progress is not None:
             progress("message", {"message": f"sweep: eps {threat.eps:.4g}", "event": "sweep",
                                  "eps": threat.eps})
         res = evaluate(model, x, y, threat, suite, transfer_from=transfer_from, seed=seed,
-                       batch_size=batch_size, progress=progress, sanity=False, budget=budget)
+                       batch_size=batch_size, progress=inner, sanity=False, budget=budget)
         data["clean_accuracy"] = res.clean_accuracy
         data["robust_accuracy"].append(res.robust_accuracy)
         data["passes"].append(res.passes_spent)
