@@ -45,6 +45,7 @@ class Perturbation:
     x_adv: torch.Tensor
     loss: torch.Tensor | None
     success: torch.Tensor | None
+    logits: torch.Tensor | None = None  # float32 logits at x_adv, when the search ran in fp32
 
 
 @contextlib.contextmanager
@@ -95,10 +96,8 @@ def loss_and_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss_f
                              "(no_grad or detach inside forward): use a gradient-free attack "
                              "such as square")
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-    # A model that is NaN/inf on some inputs must not push points out of the set (the L2
-    # direction of a NaN gradient is NaN): such rows stay put and the final float32 check
-    # reports the model, instead of an "internal error" about the ball.
-    grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+    # A NaN gradient (a model that is NaN/inf on some inputs) makes NaN iterates; finalize
+    # reports those as a model problem rather than scrubbing every gradient in the hot loop.
     return loss.detach(), logits.detach().float(), grad
 
 
@@ -136,6 +135,7 @@ def _run_group(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
         return Perturbation(cur, None, None)
 
     best_x = cur.clone()
+    best_logits: torch.Tensor | None = None
     best_loss = torch.full((n * restarts,), float("-inf"), device=x.device)
     best_success = torch.zeros(n * restarts, dtype=torch.bool, device=x.device)
     rows: torch.Tensor | None = None  # active rows; None means all
@@ -147,15 +147,19 @@ def _run_group(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
         loss, logits, grad = loss_and_grad(model, xa, ya, loss_fn, ta, need_grad=need_grad,
                                            autocast=autocast)
         success = goal_met(logits, ya, ta)
+        if best_logits is None:  # t = 0, all rows: the start points are the first candidates
+            best_logits = logits.clone()
         if rows is None:
             better = _better(loss, success, best_loss, best_success)
             best_x = torch.where(better.view(-1, 1, 1, 1), xa, best_x)
+            best_logits = torch.where(better.view(-1, 1), logits, best_logits)
             best_loss = torch.where(better, loss, best_loss)
             best_success = best_success | success
         else:
             better = _better(loss, success, best_loss[rows], best_success[rows])
             upd = rows[better]
             best_x[upd] = xa[better]
+            best_logits[upd] = logits[better]
             best_loss[upd] = loss[better]
             best_success[rows] = best_success[rows] | success
         if not need_grad:
@@ -172,7 +176,9 @@ def _run_group(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
                 rows = (torch.arange(n * restarts, device=x.device) if rows is None else rows)[keep]
                 if rows.numel() == 0:
                     break
-    return Perturbation(best_x, best_loss, best_success)
+    # Logits from a reduced-precision search are not a verdict: finalize recomputes them.
+    return Perturbation(best_x, best_loss, best_success,
+                        best_logits if autocast is None else None)
 
 
 def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
@@ -203,9 +209,10 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMo
                          track_best=track_best, stop_on_success=stop_on_success,
                          generator=generator, autocast=autocast, max_batch=max_batch)
                  for i in range(0, n, max_batch)]
-        cat = (lambda ts: None if ts[0] is None else torch.cat(ts))  # noqa: E731
+        cat = (lambda ts: None if any(t is None for t in ts) else torch.cat(ts))  # noqa: E731
         return Perturbation(torch.cat([p.x_adv for p in parts]),
-                            cat([p.loss for p in parts]), cat([p.success for p in parts]))
+                            cat([p.loss for p in parts]), cat([p.success for p in parts]),
+                            cat([p.logits for p in parts]))
     per_group = restarts if max_batch is None else max(1, min(restarts, max_batch // max(n, 1)))
     picked: list[Perturbation] = []
     done = 0
@@ -223,15 +230,29 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMo
     successes = torch.cat([p.success.view(-1, n) for p in picked])
     idx = _pick_best_restart(losses, successes)
     cols = torch.arange(n, device=x.device)
-    return Perturbation(xs[idx, cols], losses[idx, cols], successes[idx, cols])
+    logits = None
+    if all(p.logits is not None for p in picked):
+        logits = torch.cat([p.logits.view(-1, n, p.logits.shape[-1]) for p in picked])[idx, cols]
+    return Perturbation(xs[idx, cols], losses[idx, cols], successes[idx, cols], logits)
 
 
 def finalize(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
-             threat: ThreatModel, loss_fn: LossFn, target: torch.Tensor | None = None
-             ) -> AttackResult:
-    """Re-project, verify membership, and score the points with a float32 forward pass."""
+             threat: ThreatModel, loss_fn: LossFn, target: torch.Tensor | None = None,
+             logits: torch.Tensor | None = None) -> AttackResult:
+    """Re-project, verify membership, and score the points with a float32 forward pass.
+
+    ``logits`` may carry the float32 logits the search computed at exactly these points;
+    they are reused only if re-projection leaves every point bit-identical, otherwise (and
+    whenever they are not given) the model is run again.
+    """
     x = x.detach()  # the returned points carry no graph back to the caller's x
-    x_adv = threat.project(x_adv.detach().to(x.dtype), x)
+    searched = x_adv.detach().to(x.dtype)
+    x_adv = threat.project(searched, x)
+    finite = torch.isfinite(x_adv.flatten(1)).all(dim=1)
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0])
+        raise InputError(f"the model gave NaN or inf gradients or outputs near example {bad}, "
+                         "so the attack could not proceed: check the model for non-finite values")
     inside = threat.contains(x_adv, x)
     if not bool(inside.all()):
         bad = int((~inside).nonzero()[0])
@@ -240,8 +261,10 @@ def finalize(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Te
             f"(distance {float(threat.distance(x_adv[bad:bad + 1], x[bad:bad + 1])[0]):.3g} "
             f"> eps {threat.eps:g}); please report this bug"
         )
-    with torch.no_grad():
-        logits = check_logits(model(x_adv), x.shape[0], "at the adversarial points").float()
+    if logits is None or logits.dtype != torch.float32 or not torch.equal(x_adv, searched):
+        with torch.no_grad():
+            logits = model(x_adv)
+    logits = check_logits(logits, x.shape[0], "at the adversarial points").float()
     loss = loss_fn(logits, y, target)
     return AttackResult(x_adv=x_adv, loss=loss, correct=logits.argmax(1) == y,
                         success=goal_met(logits, y, target), logits=logits)

@@ -38,4 +38,4 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
                         restarts=restarts, random_start=random_start,
                         stop_on_success=stop_on_success, generator=generator,
                         autocast=autocast, max_batch=max_batch)
-        return finalize(model, x, y, found.x_adv, threat, loss_fn, target)
+        return finalize(model, x, y, found.x_adv, threat, loss_fn, target, found.logits)
