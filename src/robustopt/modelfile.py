@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from robustopt.errors import ModelFileError, RobustOptError
 from robustopt.models.registry import MODEL_NAMES, build_model, model_spec, unwrap_model
+from robustopt.release import check_bundle, is_bundle
 
 __all__ = [
     "FORMAT",
@@ -306,7 +307,8 @@ def _check_spec(record: Mapping[str, Any], source: str) -> None:
 def read_model_file(
     path: Path | str, which: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """Return ``(record, tensors)`` from a ``.safetensors`` model file or a run directory.
+    """Return ``(record, tensors)`` from a ``.safetensors`` model file or a run directory
+    (or a release bundle directory, whose ``MANIFEST.sha256`` is checked first).
 
     ``record`` has at least ``arch``, ``kwargs``, ``mean``, ``std``; ``which`` ("last",
     "best" or None for model.json's ``default_weights``) applies to run directories only.
@@ -321,6 +323,8 @@ def read_model_file(
         )
     info: dict[str, Any] = {}
     if path.is_dir():
+        if is_bundle(path):  # a release bundle: every file must match its MANIFEST.sha256
+            check_bundle(path)
         weights, info = _run_dir_files(path, which)
     elif which is not None:
         raise RobustOptError(

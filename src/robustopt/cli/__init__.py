@@ -9,9 +9,9 @@ import argparse
 import sys
 
 from ..errors import RobustOptError
-from . import attack_cmd, demo_cmd, evaluate_cmd, train_cmd
+from . import attack_cmd, challenge_cmd, demo_cmd, evaluate_cmd, export_cmd, train_cmd
 
-COMMANDS = (attack_cmd, train_cmd, evaluate_cmd, demo_cmd)
+COMMANDS = (attack_cmd, train_cmd, evaluate_cmd, export_cmd, challenge_cmd, demo_cmd)
 
 
 class _Parser(argparse.ArgumentParser):
