@@ -460,3 +460,15 @@ def test_cli_errors_are_one_line(run_dir, tmp_path, monkeypatch, capsys, extra, 
                            str(DATA), "--suite", "quick", "--device", "cpu", *extra)
     assert code == 2
     assert err.count("\n") == 1 and match in err, err
+
+
+def test_single_step_gap_flags_fgsm_only_robustness():
+    from robustopt.evaluate import sanity as S
+
+    cfg = S.SanityConfig()
+    masked = S.ProbeData(n=100, fgsm_broken=5, restart_broken=[90])    # FGSM 95%, PGD 10%
+    healthy = S.ProbeData(n=100, fgsm_broken=8, restart_broken=[15])   # FGSM 92%, PGD 85%
+    verdict = S.check_single_step(masked, cfg)
+    assert verdict.passed is False and "single-step" in verdict.likely_cause
+    assert S.check_single_step(healthy, cfg).passed is True
+    assert S.check_single_step(None, cfg).passed is None

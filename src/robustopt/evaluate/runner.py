@@ -645,7 +645,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
                                  differentiable=differentiable)
             sanity_passes = counted.count - c0
         rules = cfg or S.SanityConfig()
-        verdicts += [S.check_gradients(probe, rules), S.check_steps(probe, rules),
+        verdicts += [S.check_gradients(probe, rules), S.check_single_step(probe, rules),
+                     S.check_steps(probe, rules),
                      S.check_spread(probe, rules), S.check_huge_eps(probe, rules)]
         if threat.eps == 0:
             verdicts = [replace(v, passed=None, detail="eps = 0: nothing to attack",

@@ -27,6 +27,12 @@ clean-correct points):
     More than 10% of the points have an all-zero or non-finite input gradient of the
     cross-entropy or the margin loss (zero CE only: saturated softmax; both: a
     non-differentiable model).
+``single-step-gap``
+    One FGSM step leaves more than ``gap`` (default 30 percentage points) more of the
+    points correct than PGD-margin with ``long_steps``: the model resists a single
+    gradient step but not many, the signature of FGSM training / catastrophic
+    overfitting. The worst case is still sound (it includes the iterative attacks), but
+    any FGSM-based robustness figure for this model is meaningless.
 ``more-steps``
     PGD-margin with ``long_steps`` (default 40) leaves more than ``max(2, 3%)`` more
     points standing than PGD-margin with ``short_steps`` (10): the attack does not
@@ -60,11 +66,12 @@ import torch
 from torch import nn
 
 from ..attacks.core import eval_mode
+from ..attacks.fgsm import fgsm
 from ..attacks.pgd import pgd
 from ..losses import cross_entropy, margin
 from ..threat import L2Ball, LinfBall, ThreatModel
 
-CHECK_NAMES = ("fgsm-vs-iterative", "more-steps", "accuracy-vs-eps", "huge-eps",
+CHECK_NAMES = ("fgsm-vs-iterative", "single-step-gap", "more-steps", "accuracy-vs-eps", "huge-eps",
                "black-box-vs-white-box", "ce-vs-margin", "gradients", "restart-spread")
 
 
@@ -109,6 +116,7 @@ class SanityConfig:
     grad_frac: float = 0.10
     spread_ratio: float = 0.5
     spread_frac: float = 0.2
+    gap: float = 0.30
     min_points: int = 5       # fewer points than this: a probe check is not applicable
 
 
@@ -129,6 +137,7 @@ class ProbeData:
     grad_nonfinite: int = 0
     differentiable: bool = True
     short_broken: int = 0
+    fgsm_broken: int | None = None
     restart_broken: list[int] = field(default_factory=list)       # by restart r alone
     cumulative_broken: list[int] = field(default_factory=list)    # by restarts 0..r
     spread_points: int = 0
@@ -192,6 +201,7 @@ def run_probes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
             return data
         with torch.no_grad():
             clean_loss = margin(model(x).float(), y)
+        data.fgsm_broken = int((~fgsm(model, x, y, threat).correct).sum())
         short = pgd(model, x, y, threat, steps=cfg.short_steps, loss="margin",
                     stop_on_success=True, generator=generator(0))
         data.short_broken = int((~short.correct).sum())
@@ -359,6 +369,28 @@ def check_steps(probe: ProbeData | None, cfg: SanityConfig) -> Verdict:
     return Verdict(name, True,
                    f"PGD-{cfg.short_steps} {data['short_accuracy']:.1%}, PGD-{cfg.long_steps} "
                    f"{data['long_accuracy']:.1%}, with restarts {restarts}", "", data)
+
+
+def check_single_step(probe: ProbeData | None, cfg: SanityConfig) -> Verdict:
+    name = "single-step-gap"
+    if probe is None:
+        return _na(name, "sanity probes not run (sanity=False)")
+    if not probe.differentiable or probe.fgsm_broken is None:
+        return _na(name, "the model has no input gradient; FGSM and PGD cannot run")
+    if probe.n < cfg.min_points:
+        return _na(name, f"only {probe.n} clean-correct points to probe")
+    n = probe.n
+    long = probe.restart_broken[0] if probe.restart_broken else 0
+    fgsm_acc, pgd_acc = 1 - probe.fgsm_broken / n, 1 - long / n
+    data = {"points": n, "fgsm_accuracy": fgsm_acc, "pgd_accuracy": pgd_acc,
+            "pgd_steps": cfg.long_steps}
+    detail = f"FGSM {fgsm_acc:.1%} vs PGD-{cfg.long_steps} {pgd_acc:.1%} on {n} points"
+    if fgsm_acc - pgd_acc > cfg.gap:
+        return Verdict(name, False, detail + " (one step leaves far more points standing)",
+                       "gradient masking against single-step attacks, typical of FGSM "
+                       "training and catastrophic overfitting: report only iterative and "
+                       "black-box results for this model, never FGSM accuracy", data)
+    return Verdict(name, True, detail, "", data)
 
 
 def check_spread(probe: ProbeData | None, cfg: SanityConfig) -> Verdict:
