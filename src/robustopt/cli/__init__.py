@@ -9,9 +9,19 @@ import argparse
 import sys
 
 from ..errors import RobustOptError
-from . import attack_cmd, challenge_cmd, demo_cmd, evaluate_cmd, export_cmd, train_cmd
+from . import (
+    attack_cmd,
+    challenge_cmd,
+    demo_cmd,
+    evaluate_cmd,
+    export_cmd,
+    landscape_cmd,
+    report_cmd,
+    train_cmd,
+)
 
-COMMANDS = (attack_cmd, train_cmd, evaluate_cmd, export_cmd, challenge_cmd, demo_cmd)
+COMMANDS = (attack_cmd, train_cmd, evaluate_cmd, landscape_cmd, report_cmd, export_cmd,
+            challenge_cmd, demo_cmd)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -88,5 +88,5 @@ def run(args: argparse.Namespace) -> int:
           + (f", held-out PGD accuracy {last['heldout_pgd_acc']:.2%}"
              if "heldout_pgd_acc" in last else ""))
     print(f"load_model('{result.run_dir}') returns the {result.default_weights} weights "
-          "(by held-out PGD accuracy)")
+          "(by held-out PGD accuracy; clean accuracy for standard training)")
     return 0

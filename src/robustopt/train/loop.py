@@ -175,12 +175,16 @@ class _Trainer:
                   "examples_per_s": examples / max(epoch_time, 1e-9),
                   "epoch_time_s": epoch_time,
                   "wall_time_s": self.counters["elapsed"]}
-        acc = record.get("heldout_pgd_acc", 0.0)
+        # "best" = held-out PGD accuracy for adversarial training, clean accuracy for
+        # standard training (its PGD accuracy is ~0 at every epoch); ties go to the later
+        # epoch, so a run that never improves on robustness keeps its newest weights.
+        key = "heldout_clean_acc" if cfg.adversary == "none" else "heldout_pgd_acc"
+        acc = record.get(key, 0.0)
         collapsed = (cfg.overfit_guard and cfg.adversary in ("fgsm", "fgsm-rs")
                      and self.counters["best_acc"] > 0
                      and acc < self.counters["best_acc"] - 0.2)
         record["overfitting_detected"] = bool(collapsed)
-        if not collapsed and acc > self.counters["best_acc"]:
+        if not collapsed and acc >= self.counters["best_acc"]:
             self.counters["best_acc"], self.counters["best_epoch"] = acc, epoch + 1
             self.run.write_weights(self.model, "best", {**self.info, "epoch": epoch + 1})
         self.run.write_weights(self.model, "last", {**self.info, "epoch": epoch + 1})
@@ -263,7 +267,8 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
           force: bool = False, progress: Progress = _silent) -> TrainResult:
     """Train (or resume) a run in ``out``; returns its metrics and how it stopped.
 
-    ``load_model(out)`` afterwards returns the best-by-held-out-PGD-accuracy weights.
+    ``load_model(out)`` afterwards returns the best weights: by held-out PGD accuracy
+    (clean accuracy for standard training), ties to the later epoch.
     """
     if resume:
         run = RunDir.open(out)
