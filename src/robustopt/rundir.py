@@ -124,3 +124,10 @@ class RunDir:
             raise RobustOptError(f"checkpoint {path} is unreadable ({type(err).__name__}); "
                                  "start the run again with --force") from None
         return tensors, state
+
+    # -- report ----------------------------------------------------------------------
+    def write_report(self, html: str) -> Path:
+        """Write the self-contained HTML report as ``report.html``, atomically."""
+        path = self.path / "report.html"
+        write_bytes_atomic(path, html.encode("utf-8"))
+        return path
