@@ -13,9 +13,15 @@ from ..attacks import fgsm, pgd, transfer
 from ..data import load_dataset
 from ..errors import RobustOptError
 from ..modelfile import load_model, read_model_file
-from ..threat import make_threat
 from ..train.loop import pick_device
-from .common import add_data_flags, add_device_flag, eps_arg, positive_int, seeded_generator
+from .common import (
+    add_data_flags,
+    add_device_flag,
+    dataset_and_threat,
+    eps_arg,
+    positive_int,
+    seeded_generator,
+)
 
 ATTACKS = ("pgd", "fgsm", "fgsm-rs")
 
@@ -64,15 +70,7 @@ def run(args: argparse.Namespace) -> int:
     record, _ = read_model_file(args.model)
     model = load_model(args.model, device=device)
     source = load_model(args.transfer_from, device=device) if args.transfer_from else None
-    dataset = args.dataset or record.get("dataset")
-    if not dataset:
-        raise RobustOptError(f"{args.model} does not say its dataset: pass --dataset")
-    saved = record.get("threat") or {}
-    norm = args.norm or saved.get("norm", "linf")
-    eps = args.eps if args.eps is not None else saved.get("eps")
-    if eps is None:
-        raise RobustOptError("no eps given and the model file has no threat model: pass --eps")
-    threat = make_threat(norm, eps)
+    dataset, threat = dataset_and_threat(args, record)
     data = load_dataset(dataset, args.split, args.data_dir)
     if args.n > len(data.labels):
         raise RobustOptError(f"--n {args.n} exceeds the {len(data.labels)} examples of "

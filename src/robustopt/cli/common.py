@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from ..errors import RobustOptError
-from ..threat import parse_eps
+from ..threat import ThreatModel, make_threat, parse_eps
 
 
 def eps_arg(text: str) -> float:
@@ -39,3 +39,15 @@ def positive_int(text: str) -> int:
 
 def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device).manual_seed(seed)
+
+
+def dataset_and_threat(args: argparse.Namespace, record: dict) -> tuple[str, ThreatModel]:
+    """The dataset and threat model to attack with: flags first, else the model file's."""
+    dataset = args.dataset or record.get("dataset")
+    if not dataset:
+        raise RobustOptError(f"{args.model} does not say its dataset: pass --dataset")
+    saved = record.get("threat") or {}
+    eps = args.eps if args.eps is not None else saved.get("eps")
+    if eps is None:
+        raise RobustOptError("no eps given and the model file has no threat model: pass --eps")
+    return dataset, make_threat(args.norm or saved.get("norm", "linf"), eps)

@@ -21,7 +21,7 @@ from ..modelfile import load_model, read_model_file
 from ..rundir import RunDir
 from ..threat import make_threat, parse_eps
 from ..train.loop import pick_device
-from .common import add_data_flags, add_device_flag, eps_arg, positive_int
+from .common import add_data_flags, add_device_flag, dataset_and_threat, eps_arg, positive_int
 from .progress import Progress
 
 
@@ -97,15 +97,8 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     path = Path(args.model)
     record, _ = read_model_file(path)
-    dataset = args.dataset or record.get("dataset")
-    if not dataset:
-        raise RobustOptError(f"{args.model} does not say its dataset: pass --dataset")
-    saved = record.get("threat") or {}
-    norm = args.norm or saved.get("norm", "linf")
-    eps = args.eps if args.eps is not None else saved.get("eps")
-    if eps is None:
-        raise RobustOptError("no eps given and the model file has no threat model: pass --eps")
-    threat = make_threat(norm, eps)
+    dataset, threat = dataset_and_threat(args, record)
+    norm = threat.norm
     if args.sweep:
         for e in args.sweep:
             make_threat(norm, e)
