@@ -121,11 +121,15 @@ def _run_group(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
                autocast: torch.dtype | None) -> Perturbation:
     """Ascent from ``restarts`` starts per example, run as one stacked batch."""
     n = x.shape[0]
-    x0 = x.repeat(restarts, 1, 1, 1)
-    y0 = y.repeat(restarts)
-    t0 = target.repeat(restarts) if target is not None else None
+    if restarts == 1:  # no stacked copies of the batch: less memory traffic per step
+        x0, y0, t0 = x, y, target
+    else:
+        x0 = x.repeat(restarts, 1, 1, 1)
+        y0 = y.repeat(restarts)
+        t0 = target.repeat(restarts) if target is not None else None
     if random_start:
-        cur = torch.cat([threat.random_start(x, generator) for _ in range(restarts)])
+        starts = [threat.random_start(x, generator) for _ in range(restarts)]
+        cur = starts[0] if restarts == 1 else torch.cat(starts)
     else:
         cur = x0.clone()
     if not (track_best or stop_on_success):
