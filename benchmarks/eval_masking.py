@@ -317,8 +317,10 @@ def main(argv: list[str] | None = None) -> int:
            "seed 0; weights loaded: 'last')")
     for key, tr in training.items():
         m = tr["metrics"][-1] if tr["metrics"] else {}
+        epochs_s = sum(r.get("epoch_time_s", 0.0) for r in tr["metrics"])
         how = (f"trained now in {tr['train_wall_s']:.0f} s (stopped: {tr['stopped']})"
-               if tr["trained_now"] else "reused (same config)")
+               if tr["trained_now"] else f"reused (same config; its epochs took {epochs_s:.0f} s "
+               "when trained)")
         report(f"  {key:<13}{tr['run']}: {len(tr['metrics'])} epochs, {how}; last epoch: "
                f"held-out clean {pct(m.get('heldout_clean_acc'))}, held-out PGD-20 "
                f"{pct(m.get('heldout_pgd_acc'))}")
