@@ -10,10 +10,11 @@ a robust (PGD-trained) one, each run once, in this order:
    here (inside the ball and the box, misclassified in eval mode);
 3. ``full budget``: ``evaluate(..., full_budget=True)``: every attack on every point, no
    early stop, same sanity checks: the same attacks run as separate full-budget runs. It
-   costs ~0.4-0.6 s per point on 2 cores, so it runs on the first ``--full-n`` points
-   (default 250; ``--full-n 1000`` for the issue's size, ~15 min more); its passes and
-   time are also given per point, and its verdicts are compared with the chained run's on
-   those points;
+   costs ~0.15 s per point on a quiet 2-core machine (0.4-0.6 s measured under a load of
+   2-3 and with the standard model's denormal slow-down, see README), so it runs on the
+   first ``--full-n`` points (default 250; ``--full-n 1000`` for the issue's size, ~4 min
+   more when quiet); its passes and time are also given per point, and its verdicts are
+   compared with the chained run's on those points;
 4. with ``--ta-separate``: torchattacks' three attacks each alone on every point (their
    APGD has no early stop; APGDT and Square stop on broken points).
 
@@ -23,7 +24,7 @@ spent, the analytic full budget, sanity probes apart). Targets (from the issue, 
 for): >= 10x fewer passes than the full budget on the standard model, >= 2x on the robust
 one, identical robust accuracy, and less wall time than torchattacks.
 
-    python benchmarks/eval_speed.py --model runs/mnist-quick      # ~9 min on 2 CPU cores
+    python benchmarks/eval_speed.py --model runs/mnist-quick      # ~5 min on 2 quiet cores
     python benchmarks/eval_speed.py --model runs/mnist-quick --n 200
 
 The standard model is ``results/runs/mnist-standard`` (trained by eval_masking.py, or here
@@ -257,8 +258,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=500,
                    help="points per evaluate() batch and per torchattacks call (500)")
     p.add_argument("--full-n", type=int, default=250,
-                   help="points of the full-budget runs (default 250; they cost ~0.4-0.6 s per "
-                   "point on 2 cores, so the issue's 1000 adds ~15 min: --full-n 1000)")
+                   help="points of the full-budget runs (default 250; ~0.15 s per point on 2 "
+                   "quiet cores, so the issue's 1000 adds ~4 min: --full-n 1000)")
     p.add_argument("--ta-separate", action="store_true",
                    help="also run torchattacks' attacks each alone on all points (+~3 min)")
     p.add_argument("--data-dir", default=None,
