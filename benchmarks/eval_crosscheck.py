@@ -20,7 +20,7 @@ worst case (a point counts as robust only if all three of its attacks fail on it
 Randomised attacks differ point by point between two runs; the per-point disagreements
 are listed so that a difference can be read as noise or not.
 
-    python benchmarks/eval_crosscheck.py --model runs/mnist-quick       # ~7 min, 2 quiet cores
+    python benchmarks/eval_crosscheck.py --model runs/mnist-quick       # ~6 min, 2 quiet cores
     python benchmarks/eval_crosscheck.py --model runs/mnist-quick --n 200
 
 Prints its tables to stdout (progress to stderr), writes the raw numbers to

@@ -27,7 +27,7 @@ the standard suite's table (per-attack share, passes spent vs the full budget), 
 sanity verdicts with their likely causes, and the ``strong`` suite on the standard suite's
 survivors (an extra break there means the standard suite stopped short).
 
-    python benchmarks/eval_masking.py                 # ~6 min on 2 quiet cores + training
+    python benchmarks/eval_masking.py                 # ~1.5 min + ~1 min training, 2 quiet cores
     python benchmarks/eval_masking.py --n 500         # fewer points
 
 Prints its tables to stdout (progress to stderr), writes the raw numbers to
