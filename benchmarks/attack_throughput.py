@@ -73,7 +73,7 @@ class Case:
 # MNIST models take ~2 minutes in all and the ResNet ~10 (--quick: ~30 s and ~5).
 CASES: dict[str, Case] = {
     "madry-mnist": Case("madry-mnist", "mnist", (1, 28, 28), 0.3, reps=10, quick_reps=2),
-    "small-mnist": Case("small-mnist", "mnist", (1, 28, 28), 0.3, reps=25, quick_reps=3),
+    "small-mnist": Case("small-mnist", "mnist", (1, 28, 28), 0.3, reps=80, quick_reps=3),
     "preact-resnet18": Case("preact-resnet18", "cifar10", (3, 32, 32), 8 / 255,
                             reps=2, quick_reps=1),
 }

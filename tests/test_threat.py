@@ -334,13 +334,16 @@ def test_l2_ascent_direction_is_unit_per_example_and_zero_safe():
 
 @FAST
 @given(_point_pairs(max_eps=1.0), st.floats(0, 2.0), st.booleans())
-def test_step_stays_in_set(case, step_size, l2):
+def test_step_stays_in_set_and_in_place_step_equals_it(case, step_size, l2):
     x, z, eps = case
     threat = L2Ball(eps * 3) if l2 else LinfBall(eps)
     start = threat.project(z, x)
     grad = torch.randn(x.shape, generator=_gen(int(step_size * 1000)))
+    grad[0].zero_()  # a zero gradient must not move the point either way
     nxt = threat.step(start, x, grad, step_size)
     assert threat.contains(nxt, x).all()
+    # the attack core's in-place step: same values bit for bit
+    assert torch.equal(threat.step_(start.clone(), x.clone(), grad.clone(), step_size), nxt)
 
 
 def test_linf_step_increases_a_linear_objective():

@@ -135,7 +135,7 @@ def _run_group(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
     if not (track_best or stop_on_success):
         for _ in range(steps):
             _, _, grad = loss_and_grad(model, cur, y0, loss_fn, t0, autocast=autocast)
-            cur = threat.step(cur, x0, grad, step_size)
+            cur = threat.step_(cur, x0, grad, step_size)
         return Perturbation(cur, None, None)
 
     best_x = cur.clone()
@@ -155,10 +155,11 @@ def _run_group(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
             best_logits = logits.clone()
         if rows is None:
             better = _better(loss, success, best_loss, best_success)
-            best_x = torch.where(better.view(-1, 1, 1, 1), xa, best_x)
-            best_logits = torch.where(better.view(-1, 1), logits, best_logits)
-            best_loss = torch.where(better, loss, best_loss)
-            best_success = best_success | success
+            # in place: no new batch-sized buffer per step
+            torch.where(better.view(-1, 1, 1, 1), xa, best_x, out=best_x)
+            torch.where(better.view(-1, 1), logits, best_logits, out=best_logits)
+            torch.where(better, loss, best_loss, out=best_loss)
+            best_success |= success
         else:
             better = _better(loss, success, best_loss[rows], best_success[rows])
             upd = rows[better]
@@ -168,7 +169,8 @@ def _run_group(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
             best_success[rows] = best_success[rows] | success
         if not need_grad:
             break
-        stepped = threat.step(xa, x0 if rows is None else x0[rows], grad, step_size)
+        # cur (or its gathered rows) is ours, and best_x holds copies: step in place
+        stepped = threat.step_(xa, x0 if rows is None else x0[rows], grad, step_size)
         if rows is None:
             cur = stepped
         else:

@@ -75,7 +75,7 @@ def loss_traces(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Thre
         loss, _, grad = loss_and_grad(model, cur, yr, loss_fn, need_grad=need)
         out[:, k] = loss
         if need:
-            cur = threat.step(cur, xr, grad, step_size)
+            cur = threat.step_(cur, xr, grad, step_size)
     return out
 
 
