@@ -28,6 +28,7 @@ from robustopt.evaluate import (
     evaluate,
     get_suite,
     plot_sweep,
+    read_suite_file,
     sweep,
 )
 from robustopt.modelfile import save_model
@@ -267,6 +268,16 @@ def test_quantised_input_gradient_masking_is_flagged(model, xy):
     assert verdict(r, "huge-eps").passed is False
 
 
+def test_black_box_check_survives_white_box_attacks_run_after_square(model, xy):
+    # A suite that appends PGD after Square (e.g. the training headline's) must still
+    # compare Square with the white-box attacks before it, not report "not applicable".
+    x, y = xy
+    suite = TINY + [AttackSpec("pgd", "ce", steps=5)]
+    assert [s.attack for s in suite][-2:] == ["square", "pgd"]
+    r = evaluate(Quantised(model), x, y, LinfBall(0.1), suite, sanity=False)
+    assert verdict(r, "black-box-vs-white-box").passed is False
+
+
 def test_fgsm_beating_pgd_is_flagged():
     x, y = random_images()
     trap = Trap(x, y, 0.1, fgsm_landscape)
@@ -442,6 +453,43 @@ def test_cli_writes_eval_json(run_dir, tmp_path, monkeypatch, capsys):
     again = json.loads((run_dir / "eval.json").read_text())
     assert again["per_example"] == doc["per_example"] and again["passes"] == doc["passes"]
     assert [a["broke"] for a in again["attacks"]] == [a["broke"] for a in doc["attacks"]]
+
+
+def test_suite_file_runs_named_suites_and_extra_attacks(run_dir, tmp_path, monkeypatch,
+                                                        capsys):
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps(["quick", {"attack": "pgd", "loss": "margin", "steps": 4,
+                                           "restarts": 2, "step": 0.1}]))
+    expanded = get_suite(read_suite_file(suite))
+    assert [s.name for s in expanded] == [s.name for s in get_suite("quick")] + [
+        "pgd-margin-4x2@0.1eps"]
+    out_json = tmp_path / "e.json"
+    code, out, err = _main(monkeypatch, capsys, "evaluate", str(run_dir), "--data-dir",
+                           str(DATA), "--n", "20", "--suite", str(suite), "--steps", "3",
+                           "--no-sanity", "--device", "cpu", "--out", str(out_json))
+    assert code == 0, err
+    doc = json.loads(out_json.read_text())
+    assert doc["settings"]["suite_file"] == str(suite)
+    assert [a["name"] for a in doc["attacks"]] == ["pgd-ce-3x3", "pgd-margin-3x3",
+                                                   "pgd-margin-3x2@0.1eps"]
+
+
+@pytest.mark.parametrize("text,match", [
+    ("{not json", "is not valid JSON"),
+    ('{"attack": "pgd"}', "must hold a JSON list"),
+    ('[{"attack": "pgd", "steps": 0}]', "steps must be an integer >= 1"),
+    ('["nonesuch"]', "unknown suite 'nonesuch'"),
+    ("[]", "attack list is empty"),
+])
+def test_bad_suite_files_are_one_line_errors(run_dir, tmp_path, monkeypatch, capsys, text,
+                                             match):
+    suite = tmp_path / "suite.json"
+    suite.write_text(text)
+    code, _, err = _main(monkeypatch, capsys, "evaluate", str(run_dir), "--data-dir",
+                         str(DATA), "--suite", str(suite), "--device", "cpu")
+    assert code == 2 and err.count("\n") == 1 and match in err, err
+    code, _, err = _main(monkeypatch, capsys, "evaluate", str(run_dir), "--suite", "fast")
+    assert code == 2 and "unknown suite 'fast'" in err and ".json" in err, err
 
 
 @pytest.mark.parametrize("extra,match", [

@@ -17,6 +17,7 @@ from ..atomic import write_json_atomic, write_npy_atomic
 from ..data import load_dataset
 from ..errors import RobustOptError
 from ..evaluate import SUITE_NAMES, evaluate, plot_sweep, sweep
+from ..evaluate.suites import read_suite_file
 from ..modelfile import load_model, read_model_file
 from ..rundir import RunDir
 from ..threat import make_threat, parse_eps
@@ -33,6 +34,17 @@ def _eps_list(text: str) -> list[float]:
     if not values:
         raise argparse.ArgumentTypeError(f"expected radii like 0.1,0.2,8/255, got {text!r}")
     return values
+
+
+def _suite(text: str) -> str:
+    """A suite name, or a .json file listing attack specs (checked by :func:`run`)."""
+    if text.strip().lower() in SUITE_NAMES:
+        return text.strip().lower()
+    if text.lower().endswith(".json"):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown suite {text!r}: choose one of "
+                                     f"{', '.join(SUITE_NAMES)} or give a .json file that "
+                                     "lists attack specs")
 
 
 def _seed(text: str) -> int:
@@ -55,8 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--norm", help="linf or l2 (default: the model's threat model, else linf)")
     p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
     p.add_argument("--n", type=positive_int, default=1000, help="first N test images (1000)")
-    p.add_argument("--suite", default="standard", choices=SUITE_NAMES,
-                   help="attack suite (default: standard, AutoAttack's budgets)")
+    p.add_argument("--suite", default="standard", type=_suite,
+                   help="quick, standard (default: AutoAttack's attacks and budgets), "
+                   "strong, or a .json file listing attack specs and suite names, e.g. "
+                   '["standard", {"attack": "pgd", "loss": "margin", "restarts": 5}]')
     p.add_argument("--steps", type=positive_int, help="override every attack's steps")
     p.add_argument("--restarts", type=positive_int, help="override every attack's restarts")
     p.add_argument("--queries", type=positive_int, help="override Square's query budget")
@@ -95,6 +109,7 @@ def _source_model(path: str, dataset: str, record: dict, device):
 
 def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
+    suite = read_suite_file(args.suite) if args.suite not in SUITE_NAMES else args.suite
     path = Path(args.model)
     record, _ = read_model_file(path)
     dataset, threat = dataset_and_threat(args, record)
@@ -113,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     budget = {k: getattr(args, k) for k in ("steps", "restarts", "queries")
               if getattr(args, k) is not None}
     progress = Progress()
-    result = evaluate(model, x, y, threat, args.suite, transfer_from=source, seed=args.seed,
+    result = evaluate(model, x, y, threat, suite, transfer_from=source, seed=args.seed,
                       batch_size=args.batch_size, progress=progress, sanity=args.sanity,
                       budget=budget or None)
     sweep_data = None
@@ -126,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
     report = result.to_json()
     settings = {**report.pop("settings"), "model": str(path), "dataset": dataset,
                 "split": "test", "n": args.n, "norm": threat.norm, "eps": threat.eps,
-                "suite": args.suite, "budget": budget or None,
+                "suite": args.suite if args.suite in SUITE_NAMES else suite,
+                "suite_file": None if args.suite in SUITE_NAMES else args.suite,
+                "budget": budget or None,
                 "transfer_from": args.transfer_from, "sanity": args.sanity,
                 "batch_size": args.batch_size, "device": str(device), "sweep": args.sweep,
                 "sweep_suite": args.sweep_suite if args.sweep else None}

@@ -9,8 +9,8 @@ accuracy against eps; ``plot_sweep`` draws it.
 
 from .runner import AttackStats, EvalResult, evaluate
 from .sanity import SanityConfig, Verdict, check_sweep
-from .suites import SUITE_NAMES, AttackSpec, get_suite
+from .suites import SUITE_NAMES, AttackSpec, get_suite, read_suite_file
 from .sweep import plot_sweep, sweep
 
 __all__ = ["SUITE_NAMES", "AttackSpec", "AttackStats", "EvalResult", "SanityConfig", "Verdict",
-           "check_sweep", "evaluate", "get_suite", "plot_sweep", "sweep"]
+           "check_sweep", "evaluate", "get_suite", "plot_sweep", "read_suite_file", "sweep"]

@@ -480,14 +480,19 @@ def _chain_verdicts(stats: list[AttackStats], clean: torch.Tensor, chain: bool,
             "the sanity FGSM was not run (sanity=False)"
         verdicts.append(S._na("fgsm-vs-iterative", why))
     # black-box vs white-box
+    # Chained, a black-box attack only sees the survivors of the attacks before it, so
+    # it is compared with the white-box attacks that ran before it (white-box attacks
+    # after it, e.g. extra PGD runs, never saw the points it broke).
     wb = [i for i, a in enumerate(ran) if a.spec.white_box]
-    bb = [i for i, a in enumerate(ran) if a.spec.black_box and (not chain or i > max(wb))] \
+    bb = [i for i, a in enumerate(ran) if a.spec.black_box and (not chain or i > min(wb))] \
         if wb else []
+    if chain and bb:
+        wb = [i for i in wb if i < min(bb)]
     why = None
     if not wb:
         why = "no white-box attack ran"
     elif not bb:
-        why = ("no black-box or transfer attack ran after the white-box attacks (the quick "
+        why = ("no black-box or transfer attack ran after a white-box attack (the quick "
                "suite has none; use standard or strong)")
     missed = clean & ~union(ran[i] for i in wb)
     broke = int((union(ran[i] for i in bb) & missed).sum())

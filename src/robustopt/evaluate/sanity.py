@@ -9,9 +9,9 @@ never change the robust accuracy, which is decided by the attacks alone.
 Checks computed from the attack chain itself (no extra compute):
 
 ``black-box-vs-white-box``
-    Square (score-based, no gradients) or a transfer attack, run after every white-box
-    attack, breaks more than ``max(1, 1%)`` of the clean-correct points the white-box
-    attacks missed: gradient masking.
+    Square (score-based, no gradients) or a transfer attack breaks more than
+    ``max(1, 1%)`` of the clean-correct points the white-box attacks run before it
+    missed: gradient masking.
 ``ce-vs-margin``
     Margin/DLR attacks, run after the cross-entropy ones, break more than
     ``max(2, 5%)`` of the clean-correct points *and* more points than the cross-entropy

@@ -20,14 +20,17 @@ Built-in suites (the same for L-inf and L2; budgets are AutoAttack's where they 
 
 When a transfer source model is given, a transfer attack (PGD-CE, 100 steps, crafted
 on the source) is appended to any named suite. Custom suites are lists of
-:class:`AttackSpec` or of dicts with its fields.
+:class:`AttackSpec`, of dicts with its fields, or of suite names (which stand for their
+attacks), in Python or in a JSON file (:func:`read_suite_file`, ``--suite FILE.json``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import InputError
 
@@ -256,7 +259,12 @@ def get_suite(suite: str | Iterable[AttackSpec | Mapping] = "standard", *,
                              f"{type(suite).__name__}") from None
         if not items:
             raise InputError("the attack list is empty: give at least one attack spec")
-        specs = [s if isinstance(s, AttackSpec) else AttackSpec.from_dict(s) for s in items]
+        specs = []
+        for item in items:  # a suite name inside a list stands for that suite's attacks
+            if isinstance(item, str):
+                specs.extend(get_suite(item))
+            else:
+                specs.append(item if isinstance(item, AttackSpec) else AttackSpec.from_dict(item))
     specs = [apply_budget(s, budget) for s in specs]
     seen: dict[str, int] = {}
     out = []
@@ -266,6 +274,28 @@ def get_suite(suite: str | Iterable[AttackSpec | Mapping] = "standard", *,
             s = dataclasses.replace(s, name=f"{s.name}#{seen[s.name]}")
         out.append(s)
     return out
+
+
+def read_suite_file(path: str | Path) -> list:
+    """A suite from a JSON file: a list whose items are attack-spec objects or suite names.
+
+    E.g. ``["standard", {"attack": "pgd", "loss": "margin", "steps": 100, "restarts": 5}]``
+    runs the standard suite and then PGD on the margin loss on its survivors. The file
+    is parsed as JSON only (data, never code) and checked like any attack list.
+    """
+    path = Path(path)
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise InputError(f"cannot read the suite file {path}: {err.strerror or err}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"the suite file {path} is not valid JSON ({err}): write a list of "
+                         'attack specs such as [{"attack": "apgd", "loss": "ce"}]') from None
+    if not isinstance(items, list):
+        raise InputError(f"the suite file {path} must hold a JSON list of attack specs or "
+                         f"suite names, not a {type(items).__name__}")
+    get_suite(items)  # validate now: one clear error before any model is loaded
+    return items
 
 
 def suite_label(suite: str | Iterable) -> str:
