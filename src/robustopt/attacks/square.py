@@ -288,7 +288,7 @@ class _Oracle:
         for chunk in xs.split(self.max_batch):
             outs.append(self.model(chunk))
             self.passes += 1
-        logits = torch.cat(outs).float()
+        logits = (outs[0] if len(outs) == 1 else torch.cat(outs)).float()
         ok = torch.isfinite(logits).all(dim=1)  # a NaN logit must not count as a success
         loss = self.loss_fn(logits, y, target).float()
         loss = torch.where(ok & ~loss.isnan(), loss, torch.full_like(loss, float("-inf")))
@@ -319,7 +319,12 @@ def _one_run(oracle: _Oracle, ledger: _Ledger, x: torch.Tensor, y: torch.Tensor,
              n_search: int, p_init: float, rescale: bool, stop_on_success: bool,
              generator: torch.Generator | None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One random-search run on ``rows``: the init query plus ``n_search - 1`` iterations."""
+    """One random-search run on ``rows``: the init query plus ``n_search - 1`` iterations.
+
+    The still-active examples' state is kept compacted (``a_*``) and only re-gathered
+    when an example meets its goal: thousands of iterations on a robust model then copy
+    no batch-sized tensor beyond the proposal itself.
+    """
     init, propose = _METHODS[norm]
     xs, ys = x[rows], y[rows]
     ts = None if target is None else target[rows]
@@ -327,22 +332,30 @@ def _one_run(oracle: _Oracle, ledger: _Ledger, x: torch.Tensor, y: torch.Tensor,
     cur = init(xs, eps, generator)
     loss, success = oracle(cur, ys, ts)
     ledger.tick(rows, success)
+    act = (~success).nonzero().squeeze(1) if stop_on_success else \
+        torch.arange(rows.numel(), device=x.device)
+    a_x, a_cur, a_y, a_rows = xs[act], cur[act], ys[act], rows[act]
+    a_t = None if ts is None else ts[act]
+    a_loss, a_success = loss[act], success[act]
     for it in range(n_search - 1):
-        if stop_on_success:
-            act = (~success).nonzero().squeeze(1)
-            if act.numel() == 0:
-                break
-        else:
-            act = torch.arange(rows.numel(), device=x.device)
+        if act.numel() == 0:
+            break
         s = square_side(p_schedule(p_init, it, n_search, rescale), h, w, norm)
-        cand = propose(xs[act], cur[act], eps, s, generator)
-        new_loss, new_success = oracle(cand, ys[act], None if ts is None else ts[act])
-        ledger.tick(rows[act], new_success)
-        better = _better(new_loss, new_success, loss[act], success[act])
-        upd = act[better]
-        cur[upd] = cand[better]
-        loss[upd] = new_loss[better]
-        success[upd] = new_success[better]
+        cand = propose(a_x, a_cur, eps, s, generator)
+        new_loss, new_success = oracle(cand, a_y, a_t)
+        ledger.tick(a_rows, new_success)
+        better = _better(new_loss, new_success, a_loss, a_success)
+        torch.where(better.view(-1, *([1] * (cand.dim() - 1))), cand, a_cur, out=a_cur)
+        a_loss = torch.where(better, new_loss, a_loss)
+        a_success = a_success | (better & new_success)
+        if stop_on_success and bool(a_success.any()):  # write back, drop the broken
+            cur[act], loss[act], success[act] = a_cur, a_loss, a_success
+            keep = ~a_success
+            act, a_x, a_cur, a_y, a_rows = act[keep], a_x[keep], a_cur[keep], a_y[keep], \
+                a_rows[keep]
+            a_t = None if a_t is None else a_t[keep]
+            a_loss, a_success = a_loss[keep], a_success[keep]
+    cur[act], loss[act], success[act] = a_cur, a_loss, a_success
     return cur, loss, success
 
 
