@@ -23,7 +23,16 @@ from torch import nn
 from ..errors import InputError
 from ..losses import LossFn, get_loss
 from ..threat import L2Ball, LinfBall, ThreatModel
-from .core import AttackResult, _better, eval_mode, finalize, goal_met, loss_and_grad, prepare
+from .core import (
+    AttackResult,
+    _better,
+    default_chunk,
+    eval_mode,
+    finalize,
+    goal_met,
+    loss_and_grad,
+    prepare,
+)
 
 __all__ = ["APGDResult", "apgd", "apgd_ce", "apgd_checkpoints", "apgd_t"]
 
@@ -138,7 +147,7 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
          target: torch.Tensor | None = None, n_targets: int | None = None, rho: float = 0.75,
          momentum: float = 0.75, stop_on_success: bool = False,
          generator: torch.Generator | None = None, autocast: torch.dtype | None = None,
-         max_batch: int = 8192) -> APGDResult:
+         max_batch: int | None = None) -> APGDResult:
     """Auto-PGD of Croce & Hein (2020) for L-inf and L2 threat models.
 
     ``loss`` is ``"ce"``, ``"dlr"`` or ``"margin"`` (or a callable ``(logits, y, target)``).
@@ -146,7 +155,8 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel
     whose goal is that class. With ``n_targets=K`` it is APGD-T: one run per each of the
     K most likely wrong classes of the clean logits, using the targeted form of ``loss``
     (targeted DLR with ``loss="dlr"``), and the goal is any misclassification; all
-    ``K * restarts * N`` rows run as one stacked batch, chunked by ``max_batch`` rows.
+    ``K * restarts * N`` rows run as one stacked batch, chunked by ``max_batch`` rows
+    (default: :func:`~robustopt.attacks.core.default_chunk`).
 
     The step size starts at ``2 * eps`` per row and halves at a checkpoint (see
     :func:`apgd_checkpoints`) when at most a fraction ``rho`` of the steps since the last
@@ -180,7 +190,7 @@ def apgd_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
            steps: int = 100, restarts: int = 1, n_targets: int | None = None,
            rho: float = 0.75, momentum: float = 0.75, stop_on_success: bool = False,
            generator: torch.Generator | None = None, autocast: torch.dtype | None = None,
-           max_batch: int = 8192) -> APGDResult:
+           max_batch: int | None = None) -> APGDResult:
     """APGD-T as in AutoAttack's standard version: targeted DLR, 100 steps, 9 targets.
 
     ``n_targets`` defaults to 9, or to every wrong class when the model has fewer than 10.
@@ -194,8 +204,9 @@ def apgd_t(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
 def _apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
           steps: int, restarts: int, loss: str | LossFn, target: torch.Tensor | None,
           n_targets: int | None, rho: float, momentum: float, stop_on_success: bool,
-          generator: torch.Generator | None, autocast: torch.dtype | None, max_batch: int,
-          clamp_targets: bool) -> APGDResult:
+          generator: torch.Generator | None, autocast: torch.dtype | None,
+          max_batch: int | None, clamp_targets: bool) -> APGDResult:
+    max_batch = default_chunk(x) if max_batch is None else max_batch
     _check_settings(steps, restarts, rho, momentum, max_batch, n_targets, target)
     loss_fn = get_loss(loss)
     with eval_mode(model):
