@@ -1,0 +1,65 @@
+"""Tabulate the headline runs under results/runs: training time, clean and robust accuracy.
+
+Reads each run's metrics.jsonl (training wall time) and eval.json (the attack chain) and
+prints one row per run plus, per preset, the mean and the spread (min-max) over seeds.
+
+    python experiments/headline_table.py [RUN ...]    # default: results/runs/*-seed*
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def row(run: Path) -> dict | None:
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+               if line.strip()]
+    config = json.loads((run / "config.json").read_text())
+    evaluation = run / "eval.json"
+    if not metrics or not evaluation.is_file():
+        return None
+    ev = json.loads(evaluation.read_text())
+    return {
+        "run": run.name,
+        "preset": run.name.rsplit("-seed", 1)[0],
+        "seed": config.get("seed"),
+        "epochs": len(metrics),
+        "train_s": metrics[-1]["wall_time_s"],
+        "n": ev["n"],
+        "clean": ev["clean_accuracy"],
+        "robust": ev["robust_accuracy"],
+        "attacks": [(a["name"], a["cumulative_accuracy"]) for a in ev["attacks"]],
+        "eval_s": ev["time_s"],
+    }
+
+
+def main(argv: list[str]) -> int:
+    runs = [Path(a) for a in argv] or sorted(Path("results/runs").glob("*-seed*"))
+    rows = [r for r in (row(run) for run in runs) if r is not None]
+    if not rows:
+        print("no evaluated runs found")
+        return 1
+    print(f"{'run':<24}{'epochs':>7}{'train':>9}{'points':>8}{'clean':>9}{'robust':>9}"
+          f"{'eval':>8}")
+    for r in rows:
+        print(f"{r['run']:<24}{r['epochs']:>7}{r['train_s']:>8.0f}s{r['n']:>8}"
+              f"{r['clean']:>9.2%}{r['robust']:>9.2%}{r['eval_s']:>7.0f}s")
+        print("    after each attack: " + ", ".join(f"{name} {acc:.2%}"
+                                                  for name, acc in r["attacks"]))
+    print()
+    for preset in sorted({r["preset"] for r in rows}):
+        group = [r for r in rows if r["preset"] == preset]
+        for key, unit in (("robust", "%"), ("clean", "%"), ("train_s", "s")):
+            vals = [r[key] * (100 if unit == "%" else 1) for r in group]
+            print(f"{preset}: {key} mean {statistics.mean(vals):.2f}{unit}, "
+                  f"min {min(vals):.2f}{unit}, max {max(vals):.2f}{unit} "
+                  f"over {len(vals)} seed(s) (test points per run: "
+                  f"{sorted({r['n'] for r in group})})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

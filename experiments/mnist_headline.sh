@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The training issue's MNIST headline: train a preset with several seeds, then attack each
+# model with the standard suite (APGD-CE, APGD-T with 9 targets, Square-5000) followed by
+# PGD-100 (step 0.01, 5 restarts) on the cross-entropy and on the margin loss, on the
+# first N test images (default: all 10,000). Run on an otherwise idle machine: the
+# training wall times are part of the result.
+#
+#   bash experiments/mnist_headline.sh [PRESET] [N] [SEEDS...]   # mnist-quick 10000 0 1 2
+#
+# Writes results/runs/PRESET-seedK/ (config, weights, metrics.jsonl, eval.json) and the
+# logs under results/headline/; `python experiments/headline_table.py` tabulates them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+. .venv/bin/activate
+PRESET=${1:-mnist-quick}
+N=${2:-10000}
+shift $(( $# < 2 ? $# : 2 ))
+SEEDS=${*:-0 1 2}
+LOGS=results/headline
+mkdir -p "$LOGS"
+for seed in $SEEDS; do
+  run=results/runs/$PRESET-seed$seed
+  if [ ! -f "$run/model.json" ]; then
+    robustopt train --preset "$PRESET" --seed "$seed" --out "$run" --force \
+      2>&1 | tee "$LOGS/$PRESET-seed$seed.train.log"
+  fi
+  robustopt evaluate "$run" --n "$N" --suite experiments/suites/mnist-headline.json \
+    2>&1 | tee "$LOGS/$PRESET-seed$seed.eval.log"
+done

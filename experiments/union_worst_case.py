@@ -1,0 +1,48 @@
+"""Per-example worst case over every attack ever run on one model's test points.
+
+Combines the ``per_example.robust`` masks of robustopt ``eval.json`` files with the
+per-point masks of ``benchmarks/eval_crosscheck.py``'s JSON (robustopt's and
+torchattacks' attacks alone and chained): a point counts as robust only if it survived
+all of them. Every file must cover the same first-N test points.
+
+    python experiments/union_worst_case.py results/runs/mnist-quick-seed0/eval.json \\
+        --crosscheck results/eval_crosscheck.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("evals", nargs="*", type=Path, help="eval.json files")
+    p.add_argument("--crosscheck", type=Path, action="append", default=[],
+                   help="eval_crosscheck.py JSON (repeatable)")
+    args = p.parse_args()
+    masks: dict[str, list[bool]] = {}
+    for path in args.evals:
+        doc = json.loads(path.read_text())
+        masks[f"{path} (chain: {', '.join(a['name'] for a in doc['attacks'])})"] = \
+            doc["per_example"]["robust"]
+    for path in args.crosscheck:
+        doc = json.loads(path.read_text())
+        for key, mask in doc["per_point"].items():
+            if key != "clean":
+                masks[f"{path}: {key}"] = mask
+    sizes = {len(m) for m in masks.values()}
+    if len(sizes) != 1:
+        raise SystemExit(f"the files cover different numbers of points: {sorted(sizes)}")
+    n = sizes.pop()
+    robust = [all(m[i] for m in masks.values()) for i in range(n)]
+    for name, m in masks.items():
+        print(f"{sum(m) / n:7.2%}  {name}")
+    print(f"{sum(robust) / n:7.2%}  per-example worst case over all of the above "
+          f"({sum(robust)} of {n} points)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
