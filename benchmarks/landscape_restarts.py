@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--madry-restarts", type=int, default=10_000,
                    help="restarts for madry-mnist, extrapolated to 10^5 (default 10^4)")
     p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--chunk", type=int, default=4096)
+    p.add_argument("--chunk", type=int, default=256)
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"],
                    choices=("fp32", "bf16"))
     p.add_argument("--run", help="run directory with trained small-mnist weights")

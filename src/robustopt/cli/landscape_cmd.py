@@ -112,8 +112,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--restarts", type=positive_int, default=1000, help="random starts (1000)")
     r.add_argument("--steps", type=positive_int, default=40, help="PGD steps (40)")
     r.add_argument("--step-size", type=eps_arg, help="PGD step (default 2.5*eps/steps)")
-    r.add_argument("--chunk", type=positive_int, default=4096,
-                   help="restarts per stacked batch (4096)")
+    r.add_argument("--chunk", type=positive_int, default=256,
+                   help="restarts per stacked batch (256: on a 2-core CPU 256-row chunks ran "
+                   "10^4 restarts of the small CNN 1.7x faster than 4096-row ones)")
     r.add_argument("--trace", type=_nonneg_int, default=20,
                    help="record the loss at every step for this many restarts (20)")
     r.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
