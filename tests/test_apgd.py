@@ -259,3 +259,12 @@ def test_bad_settings_are_refused(model, evalset, kwargs, match):
     x, y = evalset[0][:4], evalset[1][:4]
     with pytest.raises(InputError, match=match):
         apgd(model, x, y, LinfBall(0.1), **kwargs)
+
+
+def test_default_chunk_keeps_about_4_mb_of_images_per_chunk_on_cpu():
+    from robustopt.attacks.core import default_chunk
+
+    assert default_chunk(torch.zeros(2, 1, 28, 28)) == (1 << 20) // 784   # MNIST: 1,337 rows
+    assert default_chunk(torch.zeros(2, 3, 32, 32)) == (1 << 20) // 3072  # CIFAR-10: 341
+    assert default_chunk(torch.zeros(2, 3, 512, 512)) == 64               # never below 64
+    assert default_chunk(torch.zeros(2, 1, 2, 2)) == 8192                 # nor above 8,192
