@@ -47,14 +47,17 @@ LABELS = {"apgd-ce": "APGD-CE (100 steps)", "apgd-t": "APGD-T (DLR, 100 steps, 9
           "square": "Square (5000 queries)"}
 
 
-def model_eps(run: Path) -> tuple[float | None, dict]:
-    """The L-inf eps recorded in a run directory's model.json (None if absent)."""
+def model_eps(model: Path, eps: float | None = None) -> tuple[float, dict]:
+    """The radius to attack at: ``eps`` if given, else the L-inf eps in a run directory's
+    model.json, else 0.3; and the model.json contents ({} for a bare model file)."""
     try:
-        info = json.loads((run / "model.json").read_text())
+        info = json.loads((model / "model.json").read_text()) if model.is_dir() else {}
     except (OSError, ValueError):
-        return None, {}
+        info = {}
     threat = info.get("threat") or {}
-    eps = threat.get("eps") if threat.get("norm", "linf") == "linf" else None
+    recorded = threat.get("eps") if threat.get("norm", "linf") == "linf" else None
+    if eps is None:
+        eps = recorded if recorded is not None else 0.3
     return eps, info
 
 
@@ -121,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     ta, ta_note = import_torchattacks()
-    eps_file, info = model_eps(args.model) if args.model.is_dir() else (None, {})
-    eps = args.eps if args.eps is not None else (eps_file if eps_file is not None else 0.3)
+    eps, info = model_eps(args.model, args.eps)
     data_dir = args.data_dir or default_data_dir()
     report, meta = start(
         "Cross-check: robustopt standard suite vs torchattacks APGD-CE / APGD-T / Square",

@@ -276,8 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
     ta, ta_note = import_torchattacks()
-    eps_file, info = model_eps(args.model) if args.model.is_dir() else (None, {})
-    eps = args.eps if args.eps is not None else (eps_file if eps_file is not None else 0.3)
+    eps, info = model_eps(args.model, args.eps)
     data_dir = args.data_dir or default_data_dir()
     report, meta = start(
         "Evaluation speed: robustopt standard suite vs its full budget vs torchattacks",
