@@ -293,7 +293,8 @@ def default_chunk(x: torch.Tensor) -> int:
 
     On a CPU the per-step elementwise work (steps, projections, best-point updates) runs
     from cache only if a chunk's images stay near 4 MB: 1,337-row MNIST chunks ran
-    APGD-T 1.5x faster than one 2,250-row chunk. Accelerators prefer big chunks.
+    APGD-T 1.3x faster than one 2,250-row chunk (``benchmarks/apgd_chunk.py``,
+    ``results/apgd_chunk.txt``). Accelerators prefer big chunks.
     """
     if x.device.type != "cpu":
         return 8192
