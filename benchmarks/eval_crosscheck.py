@@ -113,6 +113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None,
                    help="MNIST directory (default $ROBUSTOPT_DATA, else ../shared/data)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--out", type=Path, default=Path("results/eval_crosscheck.json"))
     args = p.parse_args(argv)
     if args.n < 1 or args.batch_size < 1:
@@ -132,12 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         {"torchattacks": ta_note,
          "model": f"{args.model} (weights: {args.which or info.get('default_weights', 'last')})",
          "data": f"MNIST test points 0..{args.n - 1} (the first {args.n}), L-inf eps {eps:g}, "
-                 f"seed {args.seed}, batch {args.batch_size}"})
+                 f"seed {args.seed}, batch {args.batch_size}, device {args.device}"})
     if ta is None:
         report("torchattacks is required for this script.")
         return 1
-    model = robustopt.load_model(args.model, which=args.which)
-    x, y = mnist_test(args.n, data_dir)
+    device = torch.device(args.device)
+    model = robustopt.load_model(args.model, which=args.which, device=device)
+    x, y = (t.to(device) for t in mnist_test(args.n, data_dir))
     with torch.no_grad():
         classes = model(x[:1]).shape[1]
     threat = LinfBall(eps)
