@@ -86,8 +86,9 @@ def theirs_alone(ta, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, e
         t0 = time.perf_counter()
         run = run_attack(atks[key], model, x, y, batch_size)
         check = verify(model, x, y, run["x_adv"], eps)
-        robust = clean & ~check["broken"]
-        out[key] = {"robust": robust, "clean": clean, "accuracy": float(robust.float().mean()),
+        robust = (clean & ~check["broken"]).cpu()  # evaluate()'s masks live on the CPU
+        out[key] = {"robust": robust, "clean": clean.cpu(),
+                    "accuracy": float(robust.float().mean()),
                     "time_s": run["time_s"], "passes": run["passes"],
                     "outside_ball": int(check["outside"].sum()),
                     "max_linf": check["max_dist"], "wall_incl_check_s": time.perf_counter() - t0,

@@ -42,6 +42,7 @@ SMALL = [
     ("small-mnist", MNIST, {"width": 2, "fc": 50}, (2, 1, 28, 28)),
     ("preact-resnet18", CIFAR, {"num_classes": 7}, (2, 3, 32, 32)),
     ("wide-resnet", CIFAR, {"depth": 10, "width": 1}, (2, 3, 32, 32)),
+    ("cifar-cnn", CIFAR, {"width": 8}, (2, 3, 32, 32)),
 ]
 IDS = [s[0] for s in SMALL]
 
@@ -70,7 +71,8 @@ def test_output_shape_and_input_gradient(name, stats, kwargs, shape):
 
 
 def test_registry_lists_every_model():
-    assert set(MODEL_NAMES) == {"madry-mnist", "small-mnist", "preact-resnet18", "wide-resnet"}
+    assert set(MODEL_NAMES) == {"madry-mnist", "small-mnist", "preact-resnet18", "wide-resnet",
+                                "cifar-cnn"}
     assert model_arguments("wide-resnet")["depth"] == 34
 
 
@@ -106,6 +108,17 @@ def test_small_mnist_is_the_wong_kolter_cnn():
         (32 * 7 * 7, 100),
         (100, 10),
     ]
+
+
+def test_cifar_cnn_stages_and_errors():
+    net = build_model("cifar-cnn", **CIFAR, width=16).net
+    convs = [m.out_channels for m in net if isinstance(m, nn.Conv2d)]
+    assert convs == [16, 16, 16, 32, 32, 64, 64]
+    assert [m for m in net if isinstance(m, nn.Linear)][0].in_features == 64
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net) == len(convs)
+    torch.fx.symbolic_trace(net)  # one straight line of standard layers
+    with pytest.raises(RobustOptError, match="divisible by 8"):
+        build_model("cifar-cnn", **CIFAR, input_size=28)
 
 
 def test_normalisation_is_the_first_layer():

@@ -124,6 +124,17 @@ def _window_mask(top: torch.Tensor, left: torch.Tensor, s: int, h: int, w: int) 
     return (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
 
 
+def _window_flat(top: torch.Tensor, left: torch.Tensor, s: int, c: int, h: int, w: int
+                 ) -> torch.Tensor:
+    """Flat (row-major) indices [m, c, s, s] of each example's window, for ``take``/``put_``."""
+    m = top.shape[0]
+    offs = torch.arange(s, device=top.device)
+    base = torch.arange(m * c, device=top.device).view(m, c, 1, 1) * (h * w)
+    rows = (top[:, None] + offs).view(m, 1, s, 1) * w
+    cols = (left[:, None] + offs).view(m, 1, 1, s)
+    return base + rows + cols
+
+
 def _window_index(top: torch.Tensor, left: torch.Tensor, s: int, c: int
                   ) -> tuple[torch.Tensor, ...]:
     """Advanced index selecting each example's window as a [m, c, s, s] block."""
@@ -186,19 +197,24 @@ def _linf_propose(x: torch.Tensor, cur: torch.Tensor, eps: float, s: int,
 
     A proposal that would not change the current point (the window already holds those
     signs) is redrawn among the other sign patterns, as the reference code's retry loop.
+    Only the windows are computed and compared (the rest of the proposal is a copy of
+    ``cur``): late in a run a window is a few pixels, and full-image arithmetic per
+    iteration would cost more than the model's forward pass on a small network.
     """
     m, c, h, w = x.shape
     top, left = _positions(m, s, h, w, x, generator)
-    mask = _window_mask(top, left, s, h, w)
+    flat = _window_flat(top, left, s, c, h, w)
     sign = _signs((m, c, 1, 1), x, generator)
-    cand = torch.where(mask, (x + eps * sign).clamp(0.0, 1.0), cur)
-    same = (cand == cur).flatten(1).all(dim=1)
+    x_win = x.take(flat)
+    new = (x_win + eps * sign).clamp_(0.0, 1.0)
+    same = (new == cur.take(flat)).flatten(1).all(dim=1)
     if bool(same.any()):
         rows = same.nonzero().squeeze(1)
         flip = _nonzero_bits(rows.numel(), c, x, generator)[:, :, None, None]
         sign_r = torch.where(flip, -sign[rows], sign[rows])
-        cand[rows] = torch.where(mask[rows], (x[rows] + eps * sign_r).clamp(0.0, 1.0),
-                                 cur[rows])
+        new[rows] = (x_win[rows] + eps * sign_r).clamp_(0.0, 1.0)
+    cand = cur.clone(memory_format=torch.contiguous_format)
+    cand.put_(flat, new)
     return cand
 
 
@@ -302,16 +318,23 @@ def _better(loss: torch.Tensor, success: torch.Tensor, best_loss: torch.Tensor,
 
 
 class _Ledger:
-    """Per-example query counts and the query at which each example first met its goal."""
+    """Per-example query counts and the query at which each example first met its goal.
+
+    Settled in bulk (when an example leaves a run, and at its end), not per iteration: all
+    examples active in a run have spent the same number of its queries.
+    """
 
     def __init__(self, n: int, device: torch.device) -> None:
         self.queries = torch.zeros(n, dtype=torch.int64, device=device)
         self.broken_at = torch.full((n,), -1, dtype=torch.int64, device=device)
 
-    def tick(self, rows: torch.Tensor, success: torch.Tensor) -> None:
-        self.queries[rows] += 1
-        first = rows[success & (self.broken_at[rows] < 0)]
-        self.broken_at[first] = self.queries[first]
+    def settle(self, rows: torch.Tensor, spent: int, first: torch.Tensor) -> None:
+        """``rows`` spent ``spent`` more queries; ``first`` is the 1-based query among them
+        at which each first met its goal (-1: not met)."""
+        before = self.queries[rows]
+        self.queries[rows] = before + spent
+        known = self.broken_at[rows]
+        self.broken_at[rows] = torch.where((first >= 0) & (known < 0), before + first, known)
 
 
 def _one_run(oracle: _Oracle, ledger: _Ledger, x: torch.Tensor, y: torch.Tensor,
@@ -331,31 +354,41 @@ def _one_run(oracle: _Oracle, ledger: _Ledger, x: torch.Tensor, y: torch.Tensor,
     _, _, h, w = x.shape
     cur = init(xs, eps, generator)
     loss, success = oracle(cur, ys, ts)
-    ledger.tick(rows, success)
-    act = (~success).nonzero().squeeze(1) if stop_on_success else \
-        torch.arange(rows.numel(), device=x.device)
+    first = torch.where(success, 1, -1)  # run-local query of the first success
+    if stop_on_success:
+        act = (~success).nonzero().squeeze(1)
+        ledger.settle(rows[success], 1, first[success])
+    else:
+        act = torch.arange(rows.numel(), device=x.device)
     a_x, a_cur, a_y, a_rows = xs[act], cur[act], ys[act], rows[act]
     a_t = None if ts is None else ts[act]
-    a_loss, a_success = loss[act], success[act]
+    a_loss, a_success, a_first = loss[act], success[act], first[act]
+    spent = 1
     for it in range(n_search - 1):
         if act.numel() == 0:
             break
         s = square_side(p_schedule(p_init, it, n_search, rescale), h, w, norm)
         cand = propose(a_x, a_cur, eps, s, generator)
         new_loss, new_success = oracle(cand, a_y, a_t)
-        ledger.tick(a_rows, new_success)
+        spent += 1
         better = _better(new_loss, new_success, a_loss, a_success)
         torch.where(better.view(-1, *([1] * (cand.dim() - 1))), cand, a_cur, out=a_cur)
         a_loss = torch.where(better, new_loss, a_loss)
         a_success = a_success | (better & new_success)
-        if stop_on_success and bool(a_success.any()):  # write back, drop the broken
-            cur[act], loss[act], success[act] = a_cur, a_loss, a_success
-            keep = ~a_success
-            act, a_x, a_cur, a_y, a_rows = act[keep], a_x[keep], a_cur[keep], a_y[keep], \
-                a_rows[keep]
-            a_t = None if a_t is None else a_t[keep]
-            a_loss, a_success = a_loss[keep], a_success[keep]
+        if stop_on_success:
+            if bool(a_success.any()):  # write back, settle and drop the broken
+                cur[act], loss[act], success[act] = a_cur, a_loss, a_success
+                keep = ~a_success
+                done = a_rows[a_success]
+                ledger.settle(done, spent, torch.full_like(done, spent))
+                act, a_x, a_cur, a_y, a_rows = act[keep], a_x[keep], a_cur[keep], \
+                    a_y[keep], a_rows[keep]
+                a_t = None if a_t is None else a_t[keep]
+                a_loss, a_success, a_first = a_loss[keep], a_success[keep], a_first[keep]
+        else:
+            a_first = torch.where(new_success & (a_first < 0), spent, a_first)
     cur[act], loss[act], success[act] = a_cur, a_loss, a_success
+    ledger.settle(a_rows, spent, a_first)
     return cur, loss, success
 
 
@@ -423,7 +456,7 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
         ledger = _Ledger(n, x.device)
         everyone = torch.arange(n, device=x.device)
         best_loss, best_success = oracle(x, y, target)
-        ledger.tick(everyone, best_success)
+        ledger.settle(everyone, 1, torch.where(best_success, 1, -1))
         best_x = x.clone()
         n_search = queries - 1 if threat.eps > 0 else 0  # eps = 0: the set is {x}
         for _ in range(restarts if n_search > 0 else 0):

@@ -3,6 +3,7 @@
 Every model maps float32 NCHW images in [0, 1] to logits; normalisation is its first layer.
 """
 
+from robustopt.models.cifar_cnn import cifar_cnn
 from robustopt.models.mnist import madry_mnist, small_mnist
 from robustopt.models.normalize import DATASET_STATS, Normalize, check_stats, dataset_stats
 from robustopt.models.registry import (
@@ -23,6 +24,7 @@ __all__ = [
     "Normalize",
     "PreActBlock",
     "build_model",
+    "cifar_cnn",
     "check_stats",
     "dataset_stats",
     "madry_mnist",

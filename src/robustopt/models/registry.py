@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from robustopt.errors import RobustOptError
+from robustopt.models.cifar_cnn import cifar_cnn
 from robustopt.models.mnist import madry_mnist, small_mnist
 from robustopt.models.normalize import Normalize, check_stats
 from robustopt.models.resnet import preact_resnet18
@@ -32,6 +33,7 @@ _CONSTRUCTORS: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
         "small-mnist": small_mnist,
         "preact-resnet18": preact_resnet18,
         "wide-resnet": wide_resnet,
+        "cifar-cnn": cifar_cnn,
     }
 )
 
