@@ -3,7 +3,10 @@
 Reads each run's metrics.jsonl (training wall time) and eval.json (the attack chain) and
 prints one row per run plus, per preset, the mean and the spread (min-max) over seeds.
 
-    python experiments/headline_table.py [RUN ...]    # default: results/runs/*-seed*
+    python experiments/headline_table.py [--evals DIR] [RUN ...]  # default: results/runs/*-seed*
+
+``--evals DIR`` reads each run's evaluation from ``DIR/<run name>.eval.json`` instead of the
+run's own eval.json (e.g. the 10,000-point evaluations of experiments/mnist_headline_device.sh).
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ import sys
 from pathlib import Path
 
 
-def row(run: Path) -> dict | None:
+def row(run: Path, evals: Path | None = None) -> dict | None:
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
                if line.strip()]
     config = json.loads((run / "config.json").read_text())
-    evaluation = run / "eval.json"
+    evaluation = evals / f"{run.name}.eval.json" if evals else run / "eval.json"
     if not metrics or not evaluation.is_file():
         return None
     ev = json.loads(evaluation.read_text())
@@ -37,8 +40,11 @@ def row(run: Path) -> dict | None:
 
 
 def main(argv: list[str]) -> int:
+    evals = None
+    if argv[:1] == ["--evals"] and len(argv) > 1:
+        evals, argv = Path(argv[1]), argv[2:]
     runs = [Path(a) for a in argv] or sorted(Path("results/runs").glob("*-seed*"))
-    rows = [r for r in (row(run) for run in runs) if r is not None]
+    rows = [r for r in (row(run, evals) for run in runs) if r is not None]
     if not rows:
         print("no evaluated runs found")
         return 1

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The training issue's MNIST headline: train a preset with several seeds, then attack each
 # model with the standard suite (APGD-CE, APGD-T with 9 targets, Square-5000) followed by
-# PGD-100 (step 0.01, 5 restarts) on the cross-entropy and on the margin loss, on the
+# PGD-100 (5 restarts; step 0.01, the issue's, and 0.003) on the cross-entropy and on the
+# margin loss (experiments/suites/mnist-headline.json; its steps are fractions of eps), on the
 # first N test images (default: all 10,000). Run on an otherwise idle machine: the
 # training wall times are part of the result.
 #

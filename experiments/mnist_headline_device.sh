@@ -2,7 +2,8 @@
 # The MNIST headline's full 10,000-point evaluation on an accelerator: for each seed's run
 # directory (trained on 2 CPU cores by experiments/mnist_headline.sh), the headline suite
 # (experiments/suites/mnist-headline.json: AutoAttack's standard attacks, then PGD-100 with 5
-# restarts at steps 0.01 and 1/30 on the cross-entropy and the margin loss) and the
+# restarts on the cross-entropy and the margin loss at step 0.01 eps = 0.003 and at step
+# 1/30 eps = 0.01, the issue's step; a suite's "step" is a fraction of eps) and the
 # independent cross-check with torchattacks' APGD-CE, APGD-T and Square
 # (benchmarks/eval_crosscheck.py), on all N test points.
 #
