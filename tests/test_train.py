@@ -46,13 +46,13 @@ def _robust_acc(run: Path, x, y, eps: float) -> float:
 
 def test_each_adversary_beats_standard_training(tmp_path, test_points):
     accs = {}
-    for adversary in ("none", "fgsm", "fgsm-rs", "pgd"):
+    for adversary in ("none", "fgsm", "fgsm-rs", "pgd", "trades"):
         cfg = TrainConfig(**{**TINY, "adversary": adversary, "overfit_guard": False,
                              "eps": 0.2, "train_n": 2100, "epochs": 3})
         result = train(cfg, tmp_path / adversary)
         assert result.stopped == "completed"
         accs[adversary] = _robust_acc(tmp_path / adversary, *test_points, eps=0.2)
-    for adversary in ("fgsm", "fgsm-rs", "pgd"):
+    for adversary in ("fgsm", "fgsm-rs", "pgd", "trades"):
         assert accs[adversary] > accs["none"] + 0.05, accs
 
 
@@ -135,6 +135,7 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
     (["--eps", "-0.1"], "eps must be"),
     (["--preset", "mnist-nope"], "invalid choice"),
     (["--adversary", "pgdd"], "unknown adversary"),
+    (["--adversary", "trades", "--trades-beta", "0"], "trades_beta must be > 0"),
     (["--epochs", "0"], "epochs must be >= 1"),
 ])
 def test_bad_training_settings_are_one_line_errors(tmp_path, capsys, flags, message):

@@ -14,7 +14,8 @@ from .progress import Progress
 
 _HELP = {
     "eps": "perturbation radius in pixel units, e.g. 0.3 or 8/255",
-    "adversary": "none | fgsm | fgsm-rs | pgd",
+    "adversary": "none | fgsm | fgsm-rs | pgd | trades",
+    "trades_beta": "trades: weight of the KL term (6.0, as Zhang et al.)",
     "model_kwargs": "model arguments as JSON, e.g. '{\"width\": 2}'",
     "milestones": "comma-separated fractions of training where the lr drops",
     "precision": "fp32 | bf16 (autocast; the verdicts of evaluation stay float32)",

@@ -3,11 +3,16 @@
 Each adversary maps a clean batch to the points the outer minimisation trains on,
 through the shared attack core (no separate attack code for training). Points are
 not best-tracked: the training path wants the cheapest faithful maximiser.
+:func:`training_loss` is the matching outer objective: cross-entropy on the adversarial
+points (Madry et al.), or TRADES (Zhang et al. 2019): cross-entropy on the clean points
+plus ``beta`` times KL(f(x) || f(x_adv)), with x_adv maximising that KL (as the
+authors' code: ``KLDivLoss(log_softmax(f(x_adv)), softmax(f(x)))``).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..attacks.core import eval_mode, perturb
@@ -24,9 +29,39 @@ def adversarial_batch(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: to
         return x
     threat = make_threat(cfg.norm, eps)
     step = cfg.step_size() * eps / cfg.eps  # the step shrinks with eps during a ramp
-    steps = cfg.attack_steps if cfg.adversary == "pgd" else 1
+    steps = cfg.attack_steps if cfg.adversary in ("pgd", "trades") else 1
     with eval_mode(model):
-        found = perturb(model, x, y, threat, cross_entropy, steps=steps, step_size=step,
+        loss_fn = _kl_from(model, x, autocast) if cfg.adversary == "trades" else cross_entropy
+        found = perturb(model, x, y, threat, loss_fn, steps=steps, step_size=step,
                         random_start=cfg.adversary != "fgsm", track_best=False,
                         generator=generator, autocast=autocast)
     return found.x_adv.detach()
+
+
+def _kl_from(model: nn.Module, x: torch.Tensor, autocast: torch.dtype | None):
+    """Per-example KL(f(x) || f(x')) as a loss of the logits at x' (TRADES' inner objective)."""
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast or torch.bfloat16,
+                                         enabled=autocast is not None):
+        log_p = F.log_softmax(model(x).float(), dim=1)
+
+    def kl(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
+           ) -> torch.Tensor:
+        return (log_p.exp() * (log_p - F.log_softmax(logits.float(), dim=1))).sum(dim=1)
+
+    return kl
+
+
+def training_loss(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
+                  y: torch.Tensor, autocast: torch.dtype | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outer objective on this batch (model in train mode) and the logits at ``x_adv``."""
+    with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16,
+                        enabled=autocast is not None):
+        logits_adv = model(x_adv)
+        logits_clean = model(x) if cfg.adversary == "trades" else None
+    if logits_clean is None:
+        return F.cross_entropy(logits_adv.float(), y), logits_adv
+    log_q = F.log_softmax(logits_adv.float(), dim=1)
+    log_p = F.log_softmax(logits_clean.float(), dim=1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
+    return F.cross_entropy(logits_clean.float(), y) + cfg.trades_beta * kl, logits_adv

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ..errors import RobustOptError
 from ..threat import make_threat
 
-ADVERSARIES = ("none", "fgsm", "fgsm-rs", "pgd")
+ADVERSARIES = ("none", "fgsm", "fgsm-rs", "pgd", "trades")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "piecewise", "onecycle")
 PRECISIONS = ("fp32", "bf16")
@@ -33,7 +33,8 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)
     norm: str = "linf"
     eps: float = 0.3
-    adversary: str = "pgd"              # none | fgsm | fgsm-rs | pgd
+    adversary: str = "pgd"              # none | fgsm | fgsm-rs | pgd | trades
+    trades_beta: float = 6.0            # trades: weight of KL(f(x) || f(x_adv)) beside CE(f(x))
     attack_steps: int = 7
     attack_step_size: float | None = None  # at full eps; default 2.5 eps/steps, fgsm eps
     eps_ramp_epochs: float = 0.0        # grow eps linearly from 0 over this many epochs
@@ -74,8 +75,10 @@ class TrainConfig:
         need(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
         need(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        need(self.adversary != "pgd" or self.attack_steps >= 1,
+        need(self.adversary not in ("pgd", "trades") or self.attack_steps >= 1,
              f"PGD training needs attack_steps >= 1, got {self.attack_steps}")
+        need(math.isfinite(self.trades_beta) and self.trades_beta > 0,
+             f"trades_beta must be > 0, got {self.trades_beta}")
         need(self.attack_step_size is None or self.attack_step_size > 0,
              f"attack step size must be > 0, got {self.attack_step_size}")
         need(self.eps_ramp_epochs >= 0, "eps_ramp_epochs must be >= 0")

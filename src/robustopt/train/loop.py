@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..attacks import pgd
@@ -25,7 +24,7 @@ from ..models import DATASET_STATS, build_model
 from ..rundir import RunDir
 from ..threat import make_threat
 from . import state as train_state
-from .adversary import adversarial_batch
+from .adversary import adversarial_batch, training_loss
 from .config import TrainConfig
 from .schedule import epsilon, learning_rate
 
@@ -147,11 +146,7 @@ class _Trainer:
         x_adv = adversarial_batch(cfg, self.model, x, y, epsilon(cfg, progress),
                                   self.generator, self.autocast)
         self.model.train()
-        ctx = (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast
-               else _nullcontext())
-        with ctx:
-            logits = self.model(x_adv)
-        loss = F.cross_entropy(logits.float(), y)
+        loss, logits = training_loss(cfg, self.model, x, x_adv, y, self.autocast)
         if not torch.isfinite(loss):
             raise _Diverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -247,14 +242,6 @@ class _Trainer:
 
 class _Diverged(Exception):
     pass
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
