@@ -88,11 +88,18 @@ class ThreatModel(ABC):
         """One projected steepest-ascent step."""
         return self.project(x_adv + step_size * self.ascent_direction(grad), x)
 
-    def step_(self, x_adv: torch.Tensor, x: torch.Tensor, grad: torch.Tensor,
-              step_size: float) -> torch.Tensor:
+    def step_(self, x_adv: torch.Tensor, x: torch.Tensor | None, grad: torch.Tensor,
+              step_size: float, bounds: tuple[torch.Tensor, torch.Tensor] | None = None
+              ) -> torch.Tensor:
         """:meth:`step` that may overwrite ``x_adv`` and ``grad`` (the attack core's hot
-        loop owns both): same values, no new buffers where the norm allows it."""
+        loop owns both): same values, no new buffers where the norm allows it. ``bounds``
+        is :meth:`bounds` of ``x``, computed once per attack rather than once per step;
+        ``x`` may then be None."""
         return self.step(x_adv, x, grad, step_size)
+
+    def bounds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-coordinate ``(lower, upper)`` bounds of the set around ``x``, if it is a box."""
+        return None
 
     def contains(self, x_adv: torch.Tensor, x: torch.Tensor, atol: float = 1e-6
                  ) -> torch.Tensor:
@@ -122,16 +129,22 @@ class LinfBall(ThreatModel):
                 "give eps in pixel units, e.g. 0.3 or 8/255"
             )
 
-    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        delta = (x_adv - x).clamp(-self.eps, self.eps)
-        return (x + delta).clamp(0.0, 1.0)
+    def bounds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # the ball and the box intersect in a box: [max(x - eps, 0), min(x + eps, 1)]
+        return (x - self.eps).clamp_(min=0.0), (x + self.eps).clamp_(max=1.0)
 
-    def step_(self, x_adv: torch.Tensor, x: torch.Tensor, grad: torch.Tensor,
-              step_size: float) -> torch.Tensor:
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # One clamp to the box of bounds(): a point already inside comes back bit for bit
+        # (x + (x_adv - x) would round), and the step below is this same clamp in place.
+        return torch.clamp(x_adv, *self.bounds(x))
+
+    def step_(self, x_adv: torch.Tensor, x: torch.Tensor | None, grad: torch.Tensor,
+              step_size: float, bounds: tuple[torch.Tensor, torch.Tensor] | None = None
+              ) -> torch.Tensor:
         # x + a * sign(g) is exact in one fused op (a * ±1 needs no rounding), so this
-        # equals step() bit for bit while writing into x_adv instead of 7 new tensors.
-        delta = x_adv.add_(grad.sign_(), alpha=step_size).sub_(x).clamp_(-self.eps, self.eps)
-        return delta.add_(x).clamp_(0.0, 1.0)
+        # equals step() bit for bit in three passes over the batch and no new tensor.
+        lo, hi = bounds if bounds is not None else self.bounds(x)
+        return x_adv.add_(grad.sign_(), alpha=step_size).clamp_(lo, hi)
 
     def random_start(self, x: torch.Tensor, generator: torch.Generator | None = None
                      ) -> torch.Tensor:

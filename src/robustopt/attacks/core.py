@@ -132,10 +132,11 @@ def _run_group(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
         cur = starts[0] if restarts == 1 else torch.cat(starts)
     else:
         cur = x0.clone()
+    bounds = threat.bounds(x0)  # per-coordinate box for L-inf: one clamp per step
     if not (track_best or stop_on_success):
         for _ in range(steps):
             _, _, grad = loss_and_grad(model, cur, y0, loss_fn, t0, autocast=autocast)
-            cur = threat.step_(cur, x0, grad, step_size)
+            cur = threat.step_(cur, x0, grad, step_size, bounds)
         return Perturbation(cur, None, None)
 
     best_x = cur.clone()
@@ -170,7 +171,13 @@ def _run_group(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
         if not need_grad:
             break
         # cur (or its gathered rows) is ours, and best_x holds copies: step in place
-        stepped = threat.step_(xa, x0 if rows is None else x0[rows], grad, step_size)
+        if rows is None:
+            x_rows, b_rows = x0, bounds
+        elif bounds is None:
+            x_rows, b_rows = x0[rows], None
+        else:  # the bounds alone define the step: no need to gather x0 too
+            x_rows, b_rows = None, (bounds[0][rows], bounds[1][rows])
+        stepped = threat.step_(xa, x_rows, grad, step_size, b_rows)
         if rows is None:
             cur = stepped
         else:
