@@ -327,6 +327,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: leave torch's default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
+                   help="tuned (default): robustopt.keep_freed_memory(), as the robustopt "
+                   "command does, for every method alike; default: glibc's own settings")
     p.add_argument("--out", type=Path, default=Path("results/attack_throughput.json"),
                    help="JSON file for all raw timings (default results/attack_throughput.json)")
     args = p.parse_args(argv)
@@ -340,14 +343,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    tuned = args.malloc == "tuned" and robustopt.keep_freed_memory()
     torchattacks, ta_note = import_torchattacks()
     meta = header()
     meta["torchattacks"] = ta_note
+    meta["malloc"] = ("tuned (robustopt.keep_freed_memory: glibc mmap threshold 32 MiB, trim "
+                      "threshold 1 GiB), for every method" if tuned else "glibc defaults")
     print("PGD throughput: robustopt.pgd vs hand-written PGD loop vs torchattacks.PGD")
     for key in ("date", "torch", "robustopt", "python", "cpu", "cpu_count", "torch_threads",
                 "loadavg_start"):
         print(f"  {key:<14}{meta[key]}")
     print(f"  {'torchattacks':<14}{ta_note}")
+    print(f"  {'malloc':<14}{meta['malloc']}")
     print(f"  {'settings':<14}L-inf, batch {args.batch}, {args.steps} steps, step size "
           f"2.5*eps/{args.steps}, random start, untrained models, torch.rand inputs"
           + (", --quick" if args.quick else ""))

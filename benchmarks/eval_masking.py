@@ -99,10 +99,13 @@ def start(title: str, threads: int | None, extra: dict[str, str]) -> tuple[Repor
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     meta = header()
+    # as the robustopt command does; the same process runs every method compared
+    meta["malloc"] = ("tuned (robustopt.keep_freed_memory)" if robustopt.keep_freed_memory()
+                      else "glibc defaults")
     report = Report()
     report(title)
     for key in ("date", "torch", "robustopt", "python", "cpu", "cpu_count", "torch_threads",
-                "loadavg_start"):
+                "loadavg_start", "malloc"):
         report(f"  {key:<14}{meta[key]}")
     for key, value in extra.items():
         report(f"  {key:<14}{value}")

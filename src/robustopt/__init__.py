@@ -7,6 +7,7 @@ Everything works on any ``nn.Module`` mapping [0, 1] NCHW images to logits.
 __version__ = "0.1.0"
 
 from .attacks import AttackResult, apgd, apgd_ce, apgd_t, fgsm, pgd, square, transfer  # noqa: E402
+from .cpu_memory import keep_freed_memory  # noqa: E402
 from .data import load_dataset  # noqa: E402
 from .errors import DataError, InputError, ModelFileError, RobustOptError  # noqa: E402
 from .evaluate import EvalResult, evaluate, sweep  # noqa: E402
@@ -17,6 +18,7 @@ from .threat import L2Ball, LinfBall, ThreatModel, make_threat, parse_eps  # noq
 from .train import TrainConfig, preset, train  # noqa: E402
 
 __all__ = [
+    "keep_freed_memory",
     "AttackResult", "DataError", "InputError", "L2Ball", "LinfBall", "ModelFileError",
     "apgd", "apgd_ce", "apgd_t", "square", "EvalResult", "evaluate", "sweep",
     "RobustOptError", "ThreatModel", "TrainConfig", "__version__", "build_model",

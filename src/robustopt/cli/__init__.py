@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cpu_memory import keep_freed_memory
 from ..errors import RobustOptError
 from . import (
     attack_cmd,
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # --help, or a usage error already printed on one line
         return int(exit_.code or 0)
+    keep_freed_memory()  # this process is ours: reuse freed tensor memory (cpu_memory.py)
     try:
         return int(args.run(args) or 0)
     except RobustOptError as err:
