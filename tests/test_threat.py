@@ -344,6 +344,12 @@ def test_step_stays_in_set_and_in_place_step_equals_it(case, step_size, l2):
     assert threat.contains(nxt, x).all()
     # the attack core's in-place step: same values bit for bit
     assert torch.equal(threat.step_(start.clone(), x.clone(), grad.clone(), step_size), nxt)
+    bounds = threat.bounds(x)
+    if bounds is not None:  # with precomputed bounds, x is not needed, here or in the base
+        assert torch.equal(threat.step_(start.clone(), None, grad.clone(), step_size, bounds),
+                           nxt)
+        assert torch.equal(ThreatModel.step_(threat, start.clone(), None, grad.clone(),
+                                             step_size, bounds), nxt)
 
 
 def test_linf_step_increases_a_linear_objective():

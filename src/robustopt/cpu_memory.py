@@ -12,7 +12,7 @@ does it on import).
 
 from __future__ import annotations
 
-import ctypes
+import platform
 import sys
 
 _M_TRIM_THRESHOLD = -1
@@ -25,10 +25,13 @@ def keep_freed_memory() -> bool:
     """Set glibc's mmap and trim thresholds for tensor workloads; True if applied.
 
     A no-op returning False where the C library is not glibc (macOS, Windows, musl).
-    The cost: the process keeps up to 1 GiB of freed memory for reuse.
+    The cost: the process keeps up to 1 GiB of freed memory for reuse. (With another
+    allocator preloaded, e.g. jemalloc, this tunes glibc's unused one: harmless.)
     """
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
+    import ctypes  # only where it is used
+
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt

@@ -95,6 +95,8 @@ class ThreatModel(ABC):
         loop owns both): same values, no new buffers where the norm allows it. ``bounds``
         is :meth:`bounds` of ``x``, computed once per attack rather than once per step;
         ``x`` may then be None."""
+        if bounds is not None:  # the set is the box ``bounds``: projecting is clamping
+            return torch.clamp(x_adv + step_size * self.ascent_direction(grad), *bounds)
         return self.step(x_adv, x, grad, step_size)
 
     def bounds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

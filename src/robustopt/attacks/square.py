@@ -213,7 +213,7 @@ def _linf_propose(x: torch.Tensor, cur: torch.Tensor, eps: float, s: int,
         flip = _nonzero_bits(rows.numel(), c, x, generator)[:, :, None, None]
         sign_r = torch.where(flip, -sign[rows], sign[rows])
         new[rows] = (x_win[rows] + eps * sign_r).clamp_(0.0, 1.0)
-    cand = cur.clone(memory_format=torch.contiguous_format)
+    cand = cur.clone()  # take/put_ index logically: any memory layout works
     cand.put_(flat, new)
     return cand
 

@@ -6,10 +6,13 @@ not best-tracked: the training path wants the cheapest faithful maximiser.
 :func:`training_loss` is the matching outer objective: cross-entropy on the adversarial
 points (Madry et al.), or TRADES (Zhang et al. 2019): cross-entropy on the clean points
 plus ``beta`` times KL(f(x) || f(x_adv)), with x_adv maximising that KL (as the
-authors' code: ``KLDivLoss(log_softmax(f(x_adv)), softmax(f(x)))``).
+authors' code: ``KLDivLoss(log_softmax(f(x_adv)), softmax(f(x)))``); the search starts
+uniformly in the ball like every PGD here, where the authors start at x + 0.001 N(0, 1).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -38,10 +41,13 @@ def adversarial_batch(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: to
     return found.x_adv.detach()
 
 
+def _autocast(x: torch.Tensor, dtype: torch.dtype | None):
+    return torch.autocast(x.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
 def _kl_from(model: nn.Module, x: torch.Tensor, autocast: torch.dtype | None):
     """Per-example KL(f(x) || f(x')) as a loss of the logits at x' (TRADES' inner objective)."""
-    with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast or torch.bfloat16,
-                                         enabled=autocast is not None):
+    with torch.no_grad(), _autocast(x, autocast):
         log_p = F.log_softmax(model(x).float(), dim=1)
 
     def kl(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
@@ -55,8 +61,7 @@ def training_loss(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, x_adv: to
                   y: torch.Tensor, autocast: torch.dtype | None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The outer objective on this batch (model in train mode) and the logits at ``x_adv``."""
-    with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16,
-                        enabled=autocast is not None):
+    with _autocast(x, autocast):
         logits_adv = model(x_adv)
         logits_clean = model(x) if cfg.adversary == "trades" else None
     if logits_clean is None:
