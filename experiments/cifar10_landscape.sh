@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # docs/experiments.md's CIFAR-10 section: the seed's experiments at the scale this 2-core CPU
-# allows, on the FGSM-RS-trained cifar10-cpu model (experiments/cifar10_cpu.sh, ~40 minutes)
-# and a standard cifar-cnn trained here for 4 epochs (~4 minutes). About 15 minutes beyond
+# allows, on the FGSM-RS-trained cifar10-cpu model (experiments/cifar10_cpu.sh, ~1 hour)
+# and a standard cifar-cnn trained here for 3 epochs (~5 minutes). About 10 minutes beyond
 # the two trainings. Numbers and figures go to OUT (default results/landscape_cifar10); the
 # PNGs are copied to docs/figures/cifar10/.
 #
@@ -15,7 +15,7 @@ OUT=${2:-results/landscape_cifar10}
 STD=results/runs/cifar10-standard
 mkdir -p "$OUT" docs/figures/cifar10
 if [ ! -f "$STD/model.json" ]; then
-  robustopt train --preset cifar10-cpu --adversary none --epochs 4 --out "$STD" --force \
+  robustopt train --preset cifar10-cpu --adversary none --epochs 3 --out "$STD" --force \
     2>&1 | tee "$OUT/standard_train.log"
 fi
 MODELS=("$STD" "$ROBUST")
@@ -29,9 +29,9 @@ robustopt landscape curves "${MODELS[@]}" --labels $LABELS --out "$OUT"
 # 1. loss along the FGSM and PGD directions, 10 test points
 robustopt landscape direction "${MODELS[@]}" --labels $LABELS --weights last --n 10 \
   --out "$OUT" | tee "$OUT/direction.txt"
-# 2. final PGD-40 loss from 2,000 random starts on 2 test points
+# 2. final PGD-40 loss from 1,000 random starts on 2 test points
 robustopt landscape restarts "${MODELS[@]}" --labels $LABELS --weights last --n 2 \
-  --restarts 2000 --precision bf16 --out "$OUT" | tee "$OUT/restarts.txt"
+  --restarts 1000 --precision bf16 --out "$OUT" | tee "$OUT/restarts.txt"
 # 3. the plane through two PGD maxima, 2 test points
 robustopt landscape surface "${MODELS[@]}" --labels $LABELS --weights last --indices 0,1 \
   --out "$OUT" | tee "$OUT/surface.txt"
