@@ -12,10 +12,10 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 declare -A TRIALS=(
   [best-w3e10]="--model-kwargs {\"width\":3} --epochs 10 --eps-ramp-epochs 2"
-  [best-trades-w3e18]="--adversary trades --model-kwargs {\"width\":3} --epochs 18 --eps-ramp-epochs 3 --attack-steps 10 --attack-step-size 0.075 --lr 3e-3"
+  [best-trades-w3e13]="--adversary trades --model-kwargs {\"width\":3} --epochs 13 --eps-ramp-epochs 3 --attack-steps 10 --attack-step-size 0.075 --lr 3e-3"
 )
 names=("$@")
-[ ${#names[@]} -eq 0 ] && names=(best-w3e10 best-trades-w3e18)
+[ ${#names[@]} -eq 0 ] && names=(best-w3e10 best-trades-w3e13)
 for name in "${names[@]}"; do
   run=runs/trials/$name
   # shellcheck disable=SC2086  # the overrides are words
