@@ -1,9 +1,9 @@
 """A small VGG-style CIFAR network that adversarial training can afford on a 2-core CPU.
 
 A ResNet-18 takes ~70 FGSM-training images per second on 2 cores (bf16), ~5 epochs an
-hour; this plain stack (3 stages of two 3x3 conv-BN-ReLU with a max-pool) takes ~4x that
-at width 64, so an hour buys ~20 epochs. Only Conv2d/MaxPool2d/BatchNorm2d/ReLU/Flatten/
-Linear: a bound-propagation verifier can walk it.
+hour; this plain stack (3 stages of two 3x3 conv-BN-ReLU with a max-pool) takes ~5x that
+at width 64 (``benchmarks/cifar_train_speed.py``), so an hour buys ~20 epochs. Only
+Conv2d/MaxPool2d/BatchNorm2d/ReLU/Flatten/Linear: a bound-propagation verifier can walk it.
 """
 
 from __future__ import annotations

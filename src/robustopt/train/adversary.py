@@ -12,16 +12,14 @@ uniformly in the ball like every PGD here, where the authors start at x + 0.001 
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks.core import eval_mode, perturb
+from ..attacks.core import _autocast, eval_mode, perturb
 from ..losses import cross_entropy
 from ..threat import make_threat
-from .config import TrainConfig
+from .config import ITERATIVE_ADVERSARIES, TrainConfig
 
 
 def adversarial_batch(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -32,7 +30,7 @@ def adversarial_batch(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: to
         return x
     threat = make_threat(cfg.norm, eps)
     step = cfg.step_size() * eps / cfg.eps  # the step shrinks with eps during a ramp
-    steps = cfg.attack_steps if cfg.adversary in ("pgd", "trades") else 1
+    steps = cfg.attack_steps if cfg.adversary in ITERATIVE_ADVERSARIES else 1
     with eval_mode(model):
         loss_fn = _kl_from(model, x, autocast) if cfg.adversary == "trades" else cross_entropy
         found = perturb(model, x, y, threat, loss_fn, steps=steps, step_size=step,
@@ -41,8 +39,9 @@ def adversarial_batch(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: to
     return found.x_adv.detach()
 
 
-def _autocast(x: torch.Tensor, dtype: torch.dtype | None):
-    return torch.autocast(x.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+def _kl(log_p: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Per-example KL(p || softmax(logits)) for log-probabilities ``log_p``."""
+    return (log_p.exp() * (log_p - F.log_softmax(logits.float(), dim=1))).sum(dim=1)
 
 
 def _kl_from(model: nn.Module, x: torch.Tensor, autocast: torch.dtype | None):
@@ -52,7 +51,7 @@ def _kl_from(model: nn.Module, x: torch.Tensor, autocast: torch.dtype | None):
 
     def kl(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None
            ) -> torch.Tensor:
-        return (log_p.exp() * (log_p - F.log_softmax(logits.float(), dim=1))).sum(dim=1)
+        return _kl(log_p, logits)
 
     return kl
 
@@ -66,7 +65,5 @@ def training_loss(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, x_adv: to
         logits_clean = model(x) if cfg.adversary == "trades" else None
     if logits_clean is None:
         return F.cross_entropy(logits_adv.float(), y), logits_adv
-    log_q = F.log_softmax(logits_adv.float(), dim=1)
-    log_p = F.log_softmax(logits_clean.float(), dim=1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
+    kl = _kl(F.log_softmax(logits_clean.float(), dim=1), logits_adv).mean()
     return F.cross_entropy(logits_clean.float(), y) + cfg.trades_beta * kl, logits_adv

@@ -15,6 +15,7 @@ from ..errors import RobustOptError
 from ..threat import make_threat
 
 ADVERSARIES = ("none", "fgsm", "fgsm-rs", "pgd", "trades")
+ITERATIVE_ADVERSARIES = ("pgd", "trades")  # searches of attack_steps steps
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "piecewise", "onecycle")
 PRECISIONS = ("fp32", "bf16")
@@ -75,7 +76,7 @@ class TrainConfig:
         need(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
         need(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        need(self.adversary not in ("pgd", "trades") or self.attack_steps >= 1,
+        need(self.adversary not in ITERATIVE_ADVERSARIES or self.attack_steps >= 1,
              f"PGD training needs attack_steps >= 1, got {self.attack_steps}")
         need(math.isfinite(self.trades_beta) and self.trades_beta > 0,
              f"trades_beta must be > 0, got {self.trades_beta}")
