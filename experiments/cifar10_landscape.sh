@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # docs/experiments.md's CIFAR-10 section: the seed's experiments at the scale this 2-core CPU
-# allows, on the FGSM-RS-trained cifar10-cpu model (experiments/cifar10_cpu.sh, ~1 hour)
+# allows, on the FGSM-RS-trained cifar10-cpu model of session 3 (results/runs/cifar10-cpu18-seed0:
+# `robustopt train --preset cifar10-cpu --epochs 18 --heldout-n 1000 --eval-steps 20`, ~1 hour)
 # and a standard cifar-cnn trained here for 3 epochs (~5 minutes). About 10 minutes beyond
 # the two trainings. Numbers and figures go to OUT (default results/landscape_cifar10); the
 # PNGs are copied to docs/figures/cifar10/.
@@ -10,12 +11,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 . .venv/bin/activate
-ROBUST=${1:-results/runs/cifar10-cpu-seed0}
+ROBUST=${1:-results/runs/cifar10-cpu18-seed0}
 OUT=${2:-results/landscape_cifar10}
 STD=results/runs/cifar10-standard
 mkdir -p "$OUT" docs/figures/cifar10
 if [ ! -f "$STD/model.json" ]; then
-  robustopt train --preset cifar10-cpu --adversary none --epochs 3 --out "$STD" --force \
+  robustopt train --preset cifar10-cpu --adversary none --epochs 3 --heldout-n 1000 \
+    --eval-steps 20 --out "$STD" --force \
     2>&1 | tee "$OUT/standard_train.log"
 fi
 MODELS=("$STD" "$ROBUST")

@@ -13,6 +13,10 @@ cd "$(dirname "$0")/.."
 declare -A TRIALS=(
   [best-w3e10]="--model-kwargs {\"width\":3} --epochs 10 --eps-ramp-epochs 2"
   [best-trades-w3e13]="--adversary trades --model-kwargs {\"width\":3} --epochs 13 --eps-ramp-epochs 3 --attack-steps 10 --attack-step-size 0.075 --lr 3e-3"
+  # the GPU sweep's best held-out PGD accuracy (results/sweep_device/m-pgd7e17)
+  [best-trades-pgd7e17]="--adversary trades --model-kwargs {\"width\":3} --epochs 17 --eps-ramp-epochs 3 --attack-steps 7 --attack-step-size 0.1 --lr 3e-3"
+  # more capacity for the clean target, fewer epochs to stay inside 20 minutes
+  [best-trades-w4e12]="--adversary trades --model-kwargs {\"width\":4} --epochs 12 --eps-ramp-epochs 3 --attack-steps 7 --attack-step-size 0.1 --lr 3e-3"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=(best-w3e10 best-trades-w3e13)

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-BASE = {"model_kwargs": {}, "epochs": 4, "lr": 1e-3, "attack_steps": 7,
+BASE = {"adversary": "pgd", "model_kwargs": {}, "epochs": 4, "lr": 1e-3, "attack_steps": 7,
         "attack_step_size": 0.1, "eps": 0.3}
 
 
