@@ -3,7 +3,9 @@
 # 60 minutes, mnist-best in 20) trained side by side on one GPU, each then attacked, so that
 # only the most promising recipe needs the hour of 2-core CPU time that is the actual result.
 # The GPU only ranks recipes: every published figure comes from the CPU run of the winner.
-# Epoch counts are sized to the CPU budget from measured CPU throughput (docs/training.md).
+# Epoch counts are sized to the CPU budget from CPU throughput: measured for cifar-cnn width
+# 32/64 and the ResNets (benchmarks/cifar_train_speed.py) and MNIST width 3, interpolated
+# for the other widths.
 #
 #   bash experiments/recipe_sweep_device.sh OUTDIR [DEVICE] [TRIAL ...]   # default: all
 #
