@@ -24,21 +24,22 @@ N=${N:-1000}
 CIFAR_SUITE=${CIFAR_SUITE:-experiments/suites/cifar10-headline.json}
 EXTRA=${EXTRA:-}   # appended to every trial (smoke tests: "--train-n 300 --epochs 1")
 declare -A TRIALS=(
-  # CIFAR-10 (cifar10-cpu preset: cifar-cnn, FGSM-RS 10/255, SGD one-cycle 0.1, bf16)
-  [c-w64e22]="--preset cifar10-cpu --epochs 22"
-  [c-w48e34]="--preset cifar10-cpu --model-kwargs {\"width\":48} --epochs 34"
-  [c-w32e60]="--preset cifar10-cpu --model-kwargs {\"width\":32} --epochs 60"
-  [c-w96e10]="--preset cifar10-cpu --model-kwargs {\"width\":96} --epochs 10"
-  [c-w64e15-pgd2]="--preset cifar10-cpu --epochs 15 --adversary pgd --attack-steps 2 --attack-step-size 5/255"
-  [c-w64e15-pgd2-s1]="--preset cifar10-cpu --epochs 15 --adversary pgd --attack-steps 2 --attack-step-size 5/255 --seed 1"
+  # Every trial spells out what differs from today's presets, so it reruns as it ran.
+  # CIFAR-10 (cifar10-cpu: cifar-cnn, FGSM-RS 10/255, SGD one-cycle 0.1, bf16)
+  [c-w64e22]="--preset cifar10-cpu --heldout-n 1000 --eval-steps 20 --epochs 22"
+  [c-w48e34]="--preset cifar10-cpu --heldout-n 1000 --eval-steps 20 --model-kwargs {\"width\":48} --epochs 34"
+  [c-w32e60]="--preset cifar10-cpu --heldout-n 1000 --eval-steps 20 --model-kwargs {\"width\":32} --epochs 60"
+  [c-w96e10]="--preset cifar10-cpu --heldout-n 1000 --eval-steps 20 --model-kwargs {\"width\":96} --epochs 10"
+  [c-w64e15-pgd2]="--preset cifar10-cpu --heldout-n 1000 --eval-steps 20 --epochs 15 --adversary pgd --attack-steps 2 --attack-step-size 5/255"
+  [c-w64e15-pgd2-s1]="--preset cifar10-cpu --heldout-n 1000 --eval-steps 20 --epochs 15 --adversary pgd --attack-steps 2 --attack-step-size 5/255 --seed 1"
   [c-rn18e5]="--preset cifar10-fast --epochs 5"
-  [c-wrn16-4e7]="--preset cifar10-cpu --model wide-resnet --model-kwargs {\"depth\":16,\"width\":4} --epochs 7"
-  # MNIST (mnist-best preset: small-mnist width 3, TRADES beta 6, PGD-10, 13 epochs)
-  [m-best]="--preset mnist-best"
-  [m-beta3]="--preset mnist-best --trades-beta 3"
-  [m-w4e10]="--preset mnist-best --model-kwargs {\"width\":4} --epochs 10"
-  [m-w4e10-beta3]="--preset mnist-best --model-kwargs {\"width\":4} --epochs 10 --trades-beta 3"
-  [m-pgd7e17]="--preset mnist-best --attack-steps 7 --attack-step-size 0.1 --epochs 17"
+  [c-wrn16-4e7]="--preset cifar10-cpu --heldout-n 1000 --eval-steps 20 --model wide-resnet --model-kwargs {\"depth\":16,\"width\":4} --epochs 7"
+  # MNIST (mnist-best: small-mnist, TRADES beta 6, eps ramp 3, Adam 3e-3 one-cycle, bf16)
+  [m-best]="--preset mnist-best --attack-steps 10 --attack-step-size 0.075 --model-kwargs {\"width\":3} --epochs 13"
+  [m-beta3]="--preset mnist-best --attack-steps 10 --attack-step-size 0.075 --model-kwargs {\"width\":3} --epochs 13 --trades-beta 3"
+  [m-w4e10]="--preset mnist-best --attack-steps 10 --attack-step-size 0.075 --model-kwargs {\"width\":4} --epochs 10"
+  [m-w4e10-beta3]="--preset mnist-best --attack-steps 10 --attack-step-size 0.075 --model-kwargs {\"width\":4} --epochs 10 --trades-beta 3"
+  [m-pgd7e17]="--preset mnist-best --model-kwargs {\"width\":3} --attack-steps 7 --attack-step-size 0.1 --epochs 17"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${!TRIALS[@]}")
@@ -49,7 +50,7 @@ mkdir -p "$OUTDIR"
 trial() {
   local name=$1 run=$OUTDIR/$1 suite
   case $name in
-    c-*) suite=${CIFAR_SUITE:-experiments/suites/cifar10-headline.json} ;;
+    c-*) suite=$CIFAR_SUITE ;;
     *) suite=experiments/suites/mnist-headline.json ;;
   esac
   # shellcheck disable=SC2086  # the overrides are words

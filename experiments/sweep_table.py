@@ -1,6 +1,6 @@
 """Table of a recipe sweep (experiments/recipe_sweep_device.sh): one row per trial.
 
-Per trial: its flags (from the sweep script's table; presets as they were when it ran),
+Per trial: its flags (from the sweep script's table, which reproduces each config.json),
 epochs, the training wall time *on the device that ran the sweep* (not the CPU budget),
 the last epoch's held-out clean and PGD accuracy and, where the trial's eval.json
 exists, clean accuracy, the first attack's cumulative accuracy (PGD-20 x5 for CIFAR-10)
