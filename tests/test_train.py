@@ -29,7 +29,7 @@ TINY = dict(dataset="mnist", data_dir=str(DATA), train_n=1100, heldout_n=100, ep
 
 METRIC_FIELDS = {"epoch", "train_loss", "train_robust_acc", "heldout_clean_acc",
                  "heldout_pgd_acc", "heldout_robust_loss", "lr", "eps", "examples_per_s",
-                 "epoch_time_s", "wall_time_s"}
+                 "epoch_time_s", "wall_time_s", "run_time_s"}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,7 @@ def test_metrics_jsonl_has_documented_fields(tmp_path):
     for r in records:
         assert METRIC_FIELDS <= set(r), METRIC_FIELDS - set(r)
         assert 0 <= r["heldout_pgd_acc"] <= r["heldout_clean_acc"] + 1e-9 <= 1 + 1e-9
+        assert 0 < r["wall_time_s"] <= r["run_time_s"]  # the run's time includes the steps
     for name in ("config.json", "model.json", "model.safetensors", "best.safetensors",
                  "checkpoint/state.safetensors"):
         assert (tmp_path / "run" / name).is_file(), name
@@ -85,13 +86,14 @@ def _counters(run: Path) -> dict | None:
         return None
 
 
-def test_sigkill_then_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--ema-decay", "0.9")], ids=["raw", "averaged"])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, extra):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(_cli(full), env=env, check=True, capture_output=True)
+    subprocess.run(_cli(full, *extra), env=env, check=True, capture_output=True)
     rng = random.Random()
     target_step = rng.randrange(1, 19)  # 2 epochs of 10 steps; stop somewhere in them
-    proc = subprocess.Popen(_cli(killed), env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cli(killed, *extra), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
@@ -105,12 +107,12 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     resumed = subprocess.run([sys.executable, "-m", "robustopt", "train", "--resume",
                               str(killed)], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    for name in ("model.safetensors", "best.safetensors"):
+    for name in ("model.safetensors", "best.safetensors", "checkpoint/state.safetensors"):
         a, b = load_file(full / name), load_file(killed / name)
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)
-    drop = {"examples_per_s", "epoch_time_s", "wall_time_s"}
+    drop = {"examples_per_s", "epoch_time_s", "wall_time_s", "run_time_s"}
     strip = [{k: v for k, v in r.items() if k not in drop}
              for r in map(json.loads, (full / "metrics.jsonl").read_text().splitlines())]
     again = [{k: v for k, v in r.items() if k not in drop}
@@ -210,3 +212,43 @@ def test_config_roundtrip_and_unknown_preset():
     from robustopt.train import preset
     with pytest.raises(RobustOptError, match="unknown preset"):
         preset("nope")
+
+
+def test_weight_average_follows_its_formula():
+    from robustopt.train.ema import WeightAverage
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    average = WeightAverage(model, decay=0.5)
+    expect = [p.detach().clone() for p in model.state_dict().values()]
+    for t in (1, 2, 3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            model[1].running_mean.add_(1.0)
+            model[1].num_batches_tracked.add_(1)
+        average.update(model, t)
+        d = min(0.5, (1 + t) / (10 + t))
+        expect = [e.lerp(c, 1 - d) if c.is_floating_point() else c.clone()
+                  for e, c in zip(expect, model.state_dict().values(), strict=True)]
+    for got, want in zip(average.model.state_dict().values(), expect, strict=True):
+        assert torch.allclose(got, want, atol=1e-6) if got.is_floating_point() \
+            else torch.equal(got, want)
+    assert all(not p.requires_grad for p in average.model.parameters())
+
+
+def test_averaged_run_saves_and_checks_the_average(tmp_path):
+    from robustopt.modelfile import read_model_file
+    train(TrainConfig(**{**TINY, "ema_decay": 0.9}), tmp_path / "run")
+    state = load_file(tmp_path / "run" / "checkpoint" / "state.safetensors")
+    _, saved = read_model_file(tmp_path / "run" / "model.safetensors")
+    assert saved.keys() == {k[len("average."):] for k in state if k.startswith("average.")}
+    for key, value in saved.items():
+        assert torch.equal(value, state[f"average.{key}"]), key
+    assert any(not torch.equal(value, state[f"model.{key}"]) for key, value in saved.items())
+
+
+def test_bad_ema_decay_is_a_one_line_error(tmp_path, capsys):
+    code = main(["train", "--out", str(tmp_path / "r"), "--ema-decay", "1.0"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ema_decay must be in [0, 1)" in err[0], err

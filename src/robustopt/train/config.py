@@ -51,6 +51,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     onecycle_peak: float = 0.4          # onecycle: fraction of training spent rising to lr
     precision: str = "fp32"             # fp32 | bf16 (autocast for the search and the step)
+    ema_decay: float = 0.0              # average the weights (e.g. 0.999 per step); 0: off
     eval_steps: int = 20                # PGD steps of the epoch-end held-out check
     checkpoint_every_s: float = 300.0   # also checkpoint mid-epoch at this period
     checkpoint_every_steps: int = 0     # and/or every N steps (0: off; used by tests)
@@ -85,6 +86,8 @@ class TrainConfig:
         need(self.eps_ramp_epochs >= 0, "eps_ramp_epochs must be >= 0")
         need(self.heldout_n >= 0 and self.eval_steps >= 1, "heldout_n >= 0 and eval_steps >= 1")
         need(0 < self.onecycle_peak < 1, "onecycle_peak must be in (0, 1)")
+        need(0 <= self.ema_decay < 1,
+             f"ema_decay must be in [0, 1) (0 turns weight averaging off), got {self.ema_decay}")
         make_threat(self.norm, self.eps)  # raises on a bad norm or eps
         return self
 

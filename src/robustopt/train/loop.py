@@ -26,6 +26,7 @@ from ..threat import make_threat
 from . import state as train_state
 from .adversary import adversarial_batch, training_loss
 from .config import TrainConfig
+from .ema import WeightAverage
 from .schedule import epsilon, learning_rate
 
 Progress = Callable[[str, dict], None]
@@ -111,22 +112,38 @@ class _Trainer:
         if self.autocast is not None:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = _make_optimizer(cfg, self.model)
+        self.average = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed + 1)
         self.steps_per_epoch = math.ceil(self.x_train.shape[0] / cfg.batch_size)
         self.counters = {"epoch": 0, "step": 0, "sums": [0.0, 0.0, 0.0],
                          "best_acc": -1.0, "best_epoch": -1, "history": [], "elapsed": 0.0,
-                         "stopped": None}
+                         "run_time": 0.0, "stopped": None}
+        self._mark = time.monotonic()
+
+    @property
+    def product(self) -> nn.Module:
+        """The weights the run checks, selects and saves: the average when there is one."""
+        return self.model if self.average is None else self.average.model
 
     # -- checkpointing ---------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        self._tick()  # (the write itself is counted in the next interval)
         tensors, state = train_state.pack(self.model, self.optimizer, self.generator,
-                                          self.counters)
+                                          self.counters, self.product if self.average else None)
         self.run.write_checkpoint(tensors, state)
+
+    def _tick(self) -> None:
+        """Add the wall time since the last tick to the run's total (steps, held-out checks,
+        checkpoints and weight files alike; a resumed run adds only its own time)."""
+        now = time.monotonic()
+        self.counters["run_time"] = self.counters.get("run_time", 0.0) + now - self._mark
+        self._mark = now
 
     def restore(self) -> None:
         tensors, state = self.run.read_checkpoint()
         self.counters = train_state.unpack(tensors, state, self.model, self.optimizer,
-                                           self.generator)
+                                           self.generator,
+                                           self.product if self.average else None)
         self.run.write_metrics(self.counters["history"])
 
     # -- one optimisation step -------------------------------------------------------
@@ -152,6 +169,8 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.model, epoch * self.steps_per_epoch + i + 1)
         sums = self.counters["sums"]
         sums[0] += loss.item() * y.shape[0]
         sums[1] += (logits.argmax(1) == y).sum().item()
@@ -161,15 +180,18 @@ class _Trainer:
     def end_epoch(self, epoch: int, epoch_time: float, examples: int) -> dict:
         cfg = self.cfg
         loss_sum, correct, count = self.counters["sums"]
+        check = heldout_check(self.product, self.x_hold, self.y_hold, cfg, epoch,
+                              self.autocast)
+        self._tick()
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1),
                   "train_robust_acc": correct / max(count, 1),
                   "lr": learning_rate(cfg, epoch + 1 - 1e-9),
                   "eps": epsilon(cfg, epoch + 1 - 1e-9),
-                  **heldout_check(self.model, self.x_hold, self.y_hold, cfg, epoch,
-                                  self.autocast),
+                  **check,
                   "examples_per_s": examples / max(epoch_time, 1e-9),
                   "epoch_time_s": epoch_time,
-                  "wall_time_s": self.counters["elapsed"]}
+                  "wall_time_s": self.counters["elapsed"],
+                  "run_time_s": self.counters["run_time"]}
         # "best" = held-out PGD accuracy for adversarial training, clean accuracy for
         # standard training (its PGD accuracy is ~0 at every epoch); ties go to the later
         # epoch, so a run that never improves on robustness keeps its newest weights.
@@ -181,14 +203,15 @@ class _Trainer:
         record["overfitting_detected"] = bool(collapsed)
         if not collapsed and acc >= self.counters["best_acc"]:
             self.counters["best_acc"], self.counters["best_epoch"] = acc, epoch + 1
-            self.run.write_weights(self.model, "best", {**self.info, "epoch": epoch + 1})
-        self.run.write_weights(self.model, "last", {**self.info, "epoch": epoch + 1})
+            self.run.write_weights(self.product, "best", {**self.info, "epoch": epoch + 1})
+        self.run.write_weights(self.product, "last", {**self.info, "epoch": epoch + 1})
         self.counters["history"].append(record)
         self.counters["sums"] = [0.0, 0.0, 0.0]
         return record
 
     def fit(self) -> str:
         cfg = self.cfg
+        self._mark = time.monotonic()
         last_save = time.monotonic()
         while self.counters["epoch"] < cfg.epochs and self.counters["stopped"] is None:
             epoch = self.counters["epoch"]
@@ -236,7 +259,8 @@ class _Trainer:
         from ..modelfile import read_model_file
         _, weights = read_model_file(self.run.path / "best.safetensors")
         self.model.load_state_dict(weights)
-        self.run.write_weights(self.model, "last", {**self.info, "epoch": best})
+        self.product.load_state_dict(weights)
+        self.run.write_weights(self.product, "last", {**self.info, "epoch": best})
         self.counters["stopped"] = "overfitting"
 
 

@@ -12,9 +12,12 @@ from torch import nn
 
 
 def pack(model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-         counters: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split the full training state into (tensors, JSON-able dict)."""
+         counters: dict, average: nn.Module | None = None
+         ) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split the full training state (and the weight average, if any) into (tensors, JSON)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if average is not None:
+        tensors.update({f"average.{k}": v for k, v in average.state_dict().items()})
     opt = optimizer.state_dict()
     opt_json: dict = {"param_groups": opt["param_groups"], "state": {}}
     for idx, slots in opt["state"].items():
@@ -30,11 +33,17 @@ def pack(model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Ge
     return tensors, {"counters": counters, "optimizer": opt_json}
 
 
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def unpack(tensors: dict[str, torch.Tensor], state: dict, model: nn.Module,
-           optimizer: torch.optim.Optimizer, generator: torch.Generator) -> dict:
+           optimizer: torch.optim.Optimizer, generator: torch.Generator,
+           average: nn.Module | None = None) -> dict:
     """Load a packed state into live objects; return the counters."""
-    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    model.load_state_dict(weights)
+    model.load_state_dict(_prefixed(tensors, "model."))
+    if average is not None:
+        average.load_state_dict(_prefixed(tensors, "average."))
     opt_json = state["optimizer"]
     slots: dict = {}
     for idx, entries in opt_json["state"].items():
