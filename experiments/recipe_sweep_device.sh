@@ -34,12 +34,13 @@ declare -A TRIALS=(
   [c-w64e15-pgd2-s1]="--preset cifar10-cpu --heldout-n 1000 --eval-steps 20 --epochs 15 --adversary pgd --attack-steps 2 --attack-step-size 5/255 --seed 1"
   [c-rn18e5]="--preset cifar10-fast --epochs 5"
   [c-wrn16-4e7]="--preset cifar10-cpu --heldout-n 1000 --eval-steps 20 --model wide-resnet --model-kwargs {\"depth\":16,\"width\":4} --epochs 7"
-  # MNIST (mnist-best: small-mnist, TRADES beta 6, eps ramp 3, Adam 3e-3 one-cycle, bf16)
-  [m-best]="--preset mnist-best --attack-steps 10 --attack-step-size 0.075 --model-kwargs {\"width\":3} --epochs 13"
-  [m-beta3]="--preset mnist-best --attack-steps 10 --attack-step-size 0.075 --model-kwargs {\"width\":3} --epochs 13 --trades-beta 3"
-  [m-w4e10]="--preset mnist-best --attack-steps 10 --attack-step-size 0.075 --model-kwargs {\"width\":4} --epochs 10"
-  [m-w4e10-beta3]="--preset mnist-best --attack-steps 10 --attack-step-size 0.075 --model-kwargs {\"width\":4} --epochs 10 --trades-beta 3"
-  [m-pgd7e17]="--preset mnist-best --model-kwargs {\"width\":3} --attack-steps 7 --attack-step-size 0.1 --epochs 17"
+  # MNIST (from mnist-best: small-mnist, TRADES, eps ramp 3, Adam 3e-3 one-cycle, bf16;
+  # the sweep ran beta 6 with no weight averaging)
+  [m-best]="--preset mnist-best --ema-decay 0 --trades-beta 6 --attack-steps 10 --attack-step-size 0.075 --model-kwargs {\"width\":3} --epochs 13"
+  [m-beta3]="--preset mnist-best --ema-decay 0 --attack-steps 10 --attack-step-size 0.075 --model-kwargs {\"width\":3} --epochs 13 --trades-beta 3"
+  [m-w4e10]="--preset mnist-best --ema-decay 0 --trades-beta 6 --attack-steps 10 --attack-step-size 0.075 --model-kwargs {\"width\":4} --epochs 10"
+  [m-w4e10-beta3]="--preset mnist-best --ema-decay 0 --attack-steps 10 --attack-step-size 0.075 --model-kwargs {\"width\":4} --epochs 10 --trades-beta 3"
+  [m-pgd7e17]="--preset mnist-best --ema-decay 0 --trades-beta 6 --model-kwargs {\"width\":3} --attack-steps 7 --attack-step-size 0.1 --epochs 17"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${!TRIALS[@]}")
