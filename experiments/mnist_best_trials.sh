@@ -7,7 +7,7 @@
 #
 #   bash experiments/mnist_best_trials.sh [NAME ...]   # default: the first two trials
 #
-# EVAL=screen instead attacks with APGD-CE alone on all 10,000 test images (~3 minutes;
+# EVAL=screen instead attacks with APGD-CE alone on all 10,000 test images (3-4 minutes;
 # clean accuracy on the full test set and an upper bound on robust accuracy) into
 # screen.json, to rank recipes before spending the headline chain's ~15 minutes on one;
 # TRAIN=0 skips training and attacks the existing run.
@@ -15,22 +15,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 . .venv/bin/activate
+# TRADES with PGD-7 step 0.1 on the KL, eps ramp 3, Adam 3e-3: shared by the later trials
+T7="--adversary trades --eps-ramp-epochs 3 --attack-steps 7 --attack-step-size 0.1 --lr 3e-3"
 declare -A TRIALS=(
   [best-w3e10]="--model-kwargs {\"width\":3} --epochs 10 --eps-ramp-epochs 2"
   [best-trades-w3e13]="--adversary trades --model-kwargs {\"width\":3} --epochs 13 --eps-ramp-epochs 3 --attack-steps 10 --attack-step-size 0.075 --lr 3e-3"
   # the GPU sweep's best held-out PGD accuracy (results/sweep_device/m-pgd7e17)
-  [best-trades-pgd7e17]="--adversary trades --model-kwargs {\"width\":3} --epochs 17 --eps-ramp-epochs 3 --attack-steps 7 --attack-step-size 0.1 --lr 3e-3"
+  [best-trades-pgd7e17]="$T7 --model-kwargs {\"width\":3} --epochs 17"
   # more capacity for the clean target, fewer epochs to stay inside 20 minutes
-  [best-trades-w4e12]="--adversary trades --model-kwargs {\"width\":4} --epochs 12 --eps-ramp-epochs 3 --attack-steps 7 --attack-step-size 0.1 --lr 3e-3"
+  [best-trades-w4e12]="$T7 --model-kwargs {\"width\":4} --epochs 12"
   # a wider hidden layer (Madry's CNN has 1,024) for the clean target (25% slower per epoch: 11 epochs fit)
-  [best-trades-w4fc400e11]="--adversary trades --model-kwargs {\"width\":4,\"fc\":400} --epochs 11 --eps-ramp-epochs 3 --attack-steps 7 --attack-step-size 0.1 --lr 3e-3"
+  [best-trades-w4fc400e11]="$T7 --model-kwargs {\"width\":4,\"fc\":400} --epochs 11"
   # weight averaging (--ema-decay) on the best recipe so far, nothing else changed
-  [best-trades-w4e12-ema]="--adversary trades --model-kwargs {\"width\":4} --epochs 12 --eps-ramp-epochs 3 --attack-steps 7 --attack-step-size 0.1 --lr 3e-3 --ema-decay 0.999"
+  [best-trades-w4e12-ema]="$T7 --model-kwargs {\"width\":4} --epochs 12 --ema-decay 0.999"
   # for the clean target on all 10,000 test images: the wider hidden layer, averaging and
   # a smaller KL weight (beta 4)
-  [best-trades-w4fc400b4e11-ema]="--adversary trades --trades-beta 4 --model-kwargs {\"width\":4,\"fc\":400} --epochs 11 --eps-ramp-epochs 3 --attack-steps 7 --attack-step-size 0.1 --lr 3e-3 --ema-decay 0.999"
-  [best-trades-w4fc400b3e11-ema]="--adversary trades --trades-beta 3 --model-kwargs {\"width\":4,\"fc\":400} --epochs 11 --eps-ramp-epochs 3 --attack-steps 7 --attack-step-size 0.1 --lr 3e-3 --ema-decay 0.999"
-  [best-trades-w4fc400b2e11-ema]="--adversary trades --trades-beta 2 --model-kwargs {\"width\":4,\"fc\":400} --epochs 11 --eps-ramp-epochs 3 --attack-steps 7 --attack-step-size 0.1 --lr 3e-3 --ema-decay 0.999"
+  [best-trades-w4fc400b4e11-ema]="$T7 --trades-beta 4 --model-kwargs {\"width\":4,\"fc\":400} --epochs 11 --ema-decay 0.999"
+  [best-trades-w4fc400b3e11-ema]="$T7 --trades-beta 3 --model-kwargs {\"width\":4,\"fc\":400} --epochs 11 --ema-decay 0.999"
+  [best-trades-w4fc400b2e11-ema]="$T7 --trades-beta 2 --model-kwargs {\"width\":4,\"fc\":400} --epochs 11 --ema-decay 0.999"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=(best-w3e10 best-trades-w3e13)

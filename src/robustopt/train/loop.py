@@ -121,6 +121,11 @@ class _Trainer:
         self._mark = time.monotonic()
 
     @property
+    def averaged(self) -> nn.Module | None:
+        """The weight average, if the run keeps one."""
+        return None if self.average is None else self.average.model
+
+    @property
     def product(self) -> nn.Module:
         """The weights the run checks, selects and saves: the average when there is one."""
         return self.model if self.average is None else self.average.model
@@ -129,7 +134,7 @@ class _Trainer:
     def save_checkpoint(self) -> None:
         self._tick()  # (the write itself is counted in the next interval)
         tensors, state = train_state.pack(self.model, self.optimizer, self.generator,
-                                          self.counters, self.product if self.average else None)
+                                          self.counters, self.averaged)
         self.run.write_checkpoint(tensors, state)
 
     def _tick(self) -> None:
@@ -142,8 +147,7 @@ class _Trainer:
     def restore(self) -> None:
         tensors, state = self.run.read_checkpoint()
         self.counters = train_state.unpack(tensors, state, self.model, self.optimizer,
-                                           self.generator,
-                                           self.product if self.average else None)
+                                           self.generator, self.averaged)
         self.run.write_metrics(self.counters["history"])
 
     # -- one optimisation step -------------------------------------------------------
@@ -258,8 +262,8 @@ class _Trainer:
             f"restoring the weights of epoch {best} and stopping")})
         from ..modelfile import read_model_file
         _, weights = read_model_file(self.run.path / "best.safetensors")
-        self.model.load_state_dict(weights)
-        self.product.load_state_dict(weights)
+        for module in dict.fromkeys((self.model, self.product)):  # one module if not averaging
+            module.load_state_dict(weights)
         self.run.write_weights(self.product, "last", {**self.info, "epoch": best})
         self.counters["stopped"] = "overfitting"
 
