@@ -10,6 +10,10 @@
 # EVAL=screen instead attacks with APGD-CE alone on all 10,000 test images (3-4 minutes;
 # clean accuracy on the full test set and an upper bound on robust accuracy) into
 # screen.json, to rank recipes before spending the headline chain's ~15 minutes on one;
+# EVAL=blackbox attacks the first 1,000 with Square alone at AutoAttack-plus's budget
+# (5 restarts x 5,000 queries, seed 1 so none repeats the headline's restart) into
+# blackbox.json, for when the headline's black-box sanity check flags the gradient attacks;
+# experiments/union_worst_case.py combines it with eval.json per example.
 # TRAIN=0 skips training and attacks the existing run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +52,10 @@ for name in "${names[@]}"; do
     robustopt evaluate "$run" --n 10000 --suite experiments/suites/mnist-screen.json \
       --no-sanity --out "$run/screen.json"
     cp "$run/screen.json" "results/trials/$name/"
+  elif [ "${EVAL:-headline}" = blackbox ]; then
+    robustopt evaluate "$run" --n 1000 --suite experiments/suites/mnist-blackbox.json \
+      --no-sanity --seed 1 --out "$run/blackbox.json"
+    cp "$run/blackbox.json" "results/trials/$name/"
   else
     robustopt evaluate "$run" --n 1000 --suite experiments/suites/mnist-headline.json
     cp "$run/eval.json" "results/trials/$name/"

@@ -4,7 +4,9 @@ For each trial: its settings (what differs from the old preset), training wall t
 held-out PGD-20 accuracy at the end of training, the standard suite's clean and
 worst-case robust accuracy on the first 1,000 MNIST test images (eval.json), and, for
 trials screened with ``EVAL=screen``, clean and APGD-CE accuracy on all 10,000 test
-images (screen.json). Missing evaluations print as "-". Prints a table
+images (screen.json), and, for trials re-attacked with ``EVAL=blackbox``, the worst case
+over the headline chain and Square at AutoAttack-plus's budget together (eval.json and
+blackbox.json per example). Missing evaluations print as "-". Prints a table
 and draws robust accuracy against training time.
 
     python experiments/trials_table.py [--plot docs/figures/mnist_quick_trials.png]
@@ -40,6 +42,11 @@ def trial(path: Path) -> dict:
         out["eval"] = {"n": doc["n"], "clean": doc["clean_accuracy"],
                        "robust": doc["robust_accuracy"], "attacks": names,
                        "standard": names[:3] == ["apgd-ce", "apgd-t", "square-5000"]}
+        bb = path / "blackbox.json"
+        if bb.is_file():
+            extra = json.loads(bb.read_text())["per_example"]["robust"]
+            both = [a and b for a, b in zip(doc["per_example"]["robust"], extra, strict=True)]
+            out["eval"]["with_blackbox"] = sum(both) / len(both)
     return out
 
 
@@ -51,11 +58,14 @@ def main() -> int:
                    default=sorted(Path("results/runs").glob("mnist-quick-seed*")),
                    help="headline runs to draw beside the trials (default: mnist-quick seeds)")
     args = p.parse_args()
-    rows = [trial(d) for d in sorted(args.dir.iterdir()) if (d / "config.json").is_file()]
+    rows = [trial(d) for d in sorted(args.dir.iterdir()) if (d / "config.json").is_file()
+            and json.loads((d / "config.json").read_text()).get("dataset") == "mnist"]
+    if not rows:
+        raise SystemExit(f"no MNIST trials (a directory with config.json) under {args.dir}")
     rows.sort(key=lambda r: r["train_s"])
     width = max(10, *(len(r["name"]) + 1 for r in rows))
     print(f"{'trial':<{width}}{'train':>8}{'held-out PGD-20':>17}{'clean':>8}{'robust':>8}"
-          f"{'clean 10k':>11}{'APGD-CE 10k':>13}  changed from the old preset")
+          f"{'+Square x5':>11}{'clean 10k':>11}{'APGD-CE 10k':>13}  changed from the old preset")
 
     def pct(doc: dict | None, key: str, digits: int) -> str:
         return f"{doc[key]:.{digits}%}" if doc else "-"
@@ -64,11 +74,13 @@ def main() -> int:
         ev, sc = r["eval"], r["screen"]
         print(f"{r['name']:<{width}}{r['train_s']:>7.0f}s{r['heldout_pgd']:>17.1%}"
               f"{pct(ev, 'clean', 1):>8}{pct(ev, 'robust', 1):>8}"
+              f"{pct(ev if ev and 'with_blackbox' in ev else None, 'with_blackbox', 1):>11}"
               f"{pct(sc, 'clean', 2):>11}{pct(sc, 'apgd_ce', 2):>13}  {json.dumps(r['changed'])}")
     print("robust: worst case over " + ", ".join(rows[0]["eval"]["attacks"] if rows[0]["eval"]
                                                 else ["the standard suite"])
           + " on the first 1,000 test points (per trial: see its eval.json); clean 10k /"
-          " APGD-CE 10k: screen.json (APGD-CE alone: an upper bound on robust accuracy)")
+          " APGD-CE 10k: screen.json (APGD-CE alone: an upper bound on robust accuracy);"
+          " +Square x5: robust under that chain and Square 5 x 5,000 queries (blackbox.json)")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
