@@ -26,7 +26,7 @@ LOGS=results/headline
 mkdir -p "$LOGS"
 for seed in $SEEDS; do
   run=results/runs/$PRESET-seed$seed
-  if [ ! -f "$run/model.json" ]; then
+  if [ ! -f "$run/best.safetensors" ]; then  # kept runs may hold metrics but no weights
     robustopt train --preset "$PRESET" --seed "$seed" --out "$run" --force \
       2>&1 | tee "$LOGS/$PRESET-seed$seed.train.log"
   fi

@@ -28,7 +28,8 @@ def trial(path: Path) -> dict:
                if line.strip()]
     # a setting missing from an older config.json had the default it now has
     changed = {k: config[k] for k, v in BASE.items() if config.get(k, v) != v}
-    out = {"name": path.name, "changed": changed, "train_s": metrics[-1]["wall_time_s"],
+    out = {"name": path.name, "dataset": config.get("dataset"), "changed": changed,
+           "train_s": metrics[-1]["wall_time_s"],
            "heldout_pgd": metrics[-1]["heldout_pgd_acc"], "eval": None, "screen": None}
     screen = path / "screen.json"
     if screen.is_file():
@@ -58,8 +59,8 @@ def main() -> int:
                    default=sorted(Path("results/runs").glob("mnist-quick-seed*")),
                    help="headline runs to draw beside the trials (default: mnist-quick seeds)")
     args = p.parse_args()
-    rows = [trial(d) for d in sorted(args.dir.iterdir()) if (d / "config.json").is_file()
-            and json.loads((d / "config.json").read_text()).get("dataset") == "mnist"]
+    rows = [r for r in (trial(d) for d in sorted(args.dir.iterdir())
+                        if (d / "config.json").is_file()) if r["dataset"] == "mnist"]
     if not rows:
         raise SystemExit(f"no MNIST trials (a directory with config.json) under {args.dir}")
     rows.sort(key=lambda r: r["train_s"])
