@@ -31,7 +31,8 @@ from robustopt.evaluate import (
     read_suite_file,
     sweep,
 )
-from robustopt.modelfile import save_model
+from robustopt.evaluate.shards import load_shard, merge_shards, shards_table
+from robustopt.modelfile import read_model_file, save_model, weights_sha256
 from robustopt.models import build_model
 from robustopt.threat import L2Ball, LinfBall
 from robustopt.train import TrainConfig, train
@@ -492,8 +493,81 @@ def test_bad_suite_files_are_one_line_errors(run_dir, tmp_path, monkeypatch, cap
     assert code == 2 and "unknown suite 'fast'" in err and ".json" in err, err
 
 
+def _shard(run_dir, tmp_path, monkeypatch, capsys, start: int, n: int) -> Path:
+    out = tmp_path / f"eval-{start}-{start + n}.json"
+    code, _, err = _main(monkeypatch, capsys, "evaluate", str(run_dir), "--data-dir", str(DATA),
+                         "--start", str(start), "--n", str(n), "--suite", "quick", "--steps",
+                         "3", "--restarts", "1", "--no-sanity", "--device", "cpu", "--out",
+                         str(out))
+    assert code == 0, err
+    return out
+
+
+def test_shards_attack_their_ranges_and_merge_into_the_whole(run_dir, tmp_path, monkeypatch,
+                                                              capsys):
+    whole = load_shard(_shard(run_dir, tmp_path, monkeypatch, capsys, 0, 40))
+    parts = [_shard(run_dir, tmp_path, monkeypatch, capsys, s, 20) for s in (20, 0)]
+    docs = [(p, load_shard(p)) for p in parts]
+    assert docs[0][1]["test_indices"] == {"split": "test", "start": 20, "stop": 40}
+    digest = weights_sha256(read_model_file(run_dir)[1])
+    assert {d["settings"]["weights_sha256"] for _, d in docs} == {digest}
+    merged = merge_shards(docs)  # given out of order: merged by range
+    assert merged["n"] == 40 and merged["test_indices"]["start"] == 0
+    assert merged["test_indices"]["stop"] == 40 and merged["test_indices"]["gaps"] == []
+    # the shards saw exactly the whole run's images: clean verdicts agree point by point
+    assert merged["per_example"]["clean_correct"] == whole["per_example"]["clean_correct"]
+    assert merged["clean_accuracy"] == pytest.approx(whole["clean_accuracy"])
+    robust = sum(merged["per_example"]["robust"])
+    assert merged["robust_accuracy"] == robust / 40
+    assert robust == sum(round(d["robust_accuracy"] * d["n"]) for _, d in docs)
+    assert [a["attacked"] for a in merged["attacks"]] == [
+        sum(d["attacks"][i]["attacked"] for _, d in docs) for i in range(len(whole["attacks"]))]
+    assert merged["attacks"][-1]["cumulative_accuracy"] == merged["robust_accuracy"]
+    assert "40 test points (0..39) from 2 shard(s)" in shards_table(merged)
+
+
+def test_weights_digest_names_the_weights_not_the_file(tmp_path):
+    model = build_model("small-mnist", mean=[0.1], std=[0.3])
+    save_model(model, tmp_path / "a.safetensors", extra={"dataset": "mnist"})
+    save_model(model, tmp_path / "b.safetensors", extra={"dataset": "mnist", "note": "copy"})
+    a, b = (weights_sha256(read_model_file(tmp_path / f)[1]) for f in ("a.safetensors",
+                                                                       "b.safetensors"))
+    assert a == b and len(a) == 64
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1e-6
+    save_model(model, tmp_path / "c.safetensors", extra={"dataset": "mnist"})
+    assert weights_sha256(read_model_file(tmp_path / "c.safetensors")[1]) != a
+    half = {k: v.to(torch.bfloat16) for k, v in read_model_file(tmp_path / "a.safetensors")[1]
+            .items()}
+    assert weights_sha256(half) != a  # the dtype is part of what was attacked
+
+
+def test_merging_refuses_shards_of_different_evaluations(run_dir, tmp_path, monkeypatch,
+                                                         capsys):
+    a = load_shard(_shard(run_dir, tmp_path, monkeypatch, capsys, 0, 10))
+    b = load_shard(_shard(run_dir, tmp_path, monkeypatch, capsys, 5, 10))
+    c = load_shard(_shard(run_dir, tmp_path, monkeypatch, capsys, 30, 10))
+    with pytest.raises(RobustOptError, match="overlap"):
+        merge_shards([(Path("a"), a), (Path("b"), b)])
+    assert merge_shards([(Path("a"), a), (Path("c"), c)])["test_indices"]["gaps"] == [[10, 30]]
+    other = json.loads(json.dumps(c))
+    other["settings"]["weights_sha256"] = "0" * 64
+    with pytest.raises(RobustOptError, match="different weights"):
+        merge_shards([(Path("a"), a), (Path("o"), other)])
+    other = json.loads(json.dumps(c))
+    other["settings"]["eps"] = 0.2
+    with pytest.raises(RobustOptError, match="differ in 'eps'"):
+        merge_shards([(Path("a"), a), (Path("o"), other)])
+    junk = tmp_path / "junk.json"
+    junk.write_text("[1, 2]")
+    with pytest.raises(RobustOptError, match="not a robustopt evaluation"):
+        load_shard(junk)
+
+
 @pytest.mark.parametrize("extra,match", [
-    (("--n", "20000"), "exceeds the 10000"),
+    (("--n", "20000"), "runs past the 10000"),
+    (("--start", "9990", "--n", "20"), "use --start + --n <= 10000"),
+    (("--start", "-1"), "expected a whole number >= 0"),
     (("--eps", "1.5"), "exceeds 1"),
     (("--transfer-from", "OTHER"), "trained on fashion-mnist"),
     (("--sweep", "0.1,3"), "exceeds 1"),

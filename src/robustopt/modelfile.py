@@ -18,6 +18,7 @@ model, ...) are returned alongside by ``read_model_file``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -42,6 +43,7 @@ __all__ = [
     "model_record",
     "read_model_file",
     "save_model",
+    "weights_sha256",
 ]
 
 FORMAT = "robustopt-model"
@@ -378,6 +380,18 @@ def _load_weights(model: nn.Module, tensors: Mapping[str, Tensor], source: str) 
             "the weights were trained with"
         )
     model.load_state_dict(tensors, strict=True)
+
+
+def weights_sha256(tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 of the weights themselves (names, dtypes, shapes, bytes), not of a file: the
+    same model copied to another path or re-saved with other metadata keeps its digest, so
+    evaluations of one model made apart (shards, other machines) can be matched."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 def load_model(

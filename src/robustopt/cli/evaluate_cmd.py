@@ -18,7 +18,7 @@ from ..data import load_dataset
 from ..errors import RobustOptError
 from ..evaluate import SUITE_NAMES, evaluate, plot_sweep, sweep
 from ..evaluate.suites import read_suite_file
-from ..modelfile import load_model, read_model_file
+from ..modelfile import load_model, read_model_file, weights_sha256
 from ..rundir import RunDir
 from ..threat import make_threat, parse_eps
 from ..train.loop import pick_device
@@ -47,26 +47,30 @@ def _suite(text: str) -> str:
                                      "lists attack specs")
 
 
-def _seed(text: str) -> int:
+def _nonnegative_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a seed >= 0, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
     return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="worst-case robust accuracy under an attack suite",
-                       description="Evaluate a run directory or model file on the first N "
-                       "test images with a suite of attacks (survivor-only chaining), "
-                       "sanity checks and an optional eps sweep; writes eval.json.")
+                       description="Evaluate a run directory or model file on N test "
+                       "images (the first N, or N from --start) with a suite of attacks "
+                       "(survivor-only chaining), sanity checks and an optional eps sweep; "
+                       "writes eval.json.")
     p.add_argument("model", help="run directory or .safetensors model file")
     p.add_argument("--eps", type=eps_arg, help="radius, e.g. 0.3 or 8/255 (default: the model's)")
     p.add_argument("--norm", help="linf or l2 (default: the model's threat model, else linf)")
     p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
     p.add_argument("--n", type=positive_int, default=1000, help="first N test images (1000)")
+    p.add_argument("--start", type=_nonnegative_int, default=0, metavar="I",
+                   help="attack test images I .. I+N-1 instead of the first N: shards of one "
+                   "evaluation that can run apart and be merged (default 0)")
     p.add_argument("--suite", default="standard", type=_suite,
                    help="quick, standard (default: AutoAttack's attacks and budgets), "
                    "strong, or a .json file listing attack specs and suite names, e.g. "
@@ -87,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="FILE",
                    help="where to write the JSON (default: eval.json in the run directory; "
                    "required to save it for a bare model file)")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=500)
     add_data_flags(p)
     add_device_flag(p)
@@ -111,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     suite = read_suite_file(args.suite) if args.suite not in SUITE_NAMES else args.suite
     path = Path(args.model)
-    record, _ = read_model_file(path)
+    record, tensors = read_model_file(path)
+    digest = weights_sha256(tensors)  # names the weights attacked, wherever they were copied
+    del tensors
     dataset, threat = dataset_and_threat(args, record)
     norm = threat.norm
     if args.sweep:
@@ -121,10 +127,12 @@ def run(args: argparse.Namespace) -> int:
     source = (_source_model(args.transfer_from, dataset, record, device)
               if args.transfer_from else None)
     data = load_dataset(dataset, "test", args.data_dir)
-    if args.n > len(data.labels):
-        raise RobustOptError(f"--n {args.n} exceeds the {len(data.labels)} test examples of "
-                             f"{dataset}: use --n {len(data.labels)} or less")
-    x, y = data.tensors(device=device, n=args.n)
+    total = len(data.labels)
+    if args.start + args.n > total:
+        raise RobustOptError(f"--start {args.start} --n {args.n} runs past the {total} test "
+                             f"examples of {dataset}: use --start + --n <= {total}")
+    x, y = data.tensors(device=device, n=args.start + args.n)
+    x, y = x[args.start:], y[args.start:]
     budget = {k: getattr(args, k) for k in ("steps", "restarts", "queries")
               if getattr(args, k) is not None}
     progress = Progress()
@@ -139,8 +147,9 @@ def run(args: argparse.Namespace) -> int:
                            budget=budget or None, progress=progress)
         result.attach_sweep(sweep_data, warn=False)  # sweep() has already warned
     report = result.to_json()
-    settings = {**report.pop("settings"), "model": str(path), "dataset": dataset,
-                "split": "test", "n": args.n, "norm": threat.norm, "eps": threat.eps,
+    settings = {**report.pop("settings"), "model": str(path), "weights_sha256": digest,
+                "dataset": dataset, "split": "test", "n": args.n, "start": args.start,
+                "norm": threat.norm, "eps": threat.eps,
                 "suite": args.suite if args.suite in SUITE_NAMES else suite,
                 "suite_file": None if args.suite in SUITE_NAMES else args.suite,
                 "budget": budget or None,
@@ -151,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         "robustopt_version": __version__,
         "settings": settings,
         "seed": args.seed,
-        "test_indices": {"split": "test", "start": 0, "stop": args.n},  # the first N
+        "test_indices": {"split": "test", "start": args.start, "stop": args.start + args.n},
         **{k: v for k, v in report.items() if k != "robustopt_version"},
         "sweep": sweep_data,
     }
@@ -172,7 +181,9 @@ def run(args: argparse.Namespace) -> int:
         where = None
     if args.save_adv:
         write_npy_atomic(args.save_adv, result.x_adv.float().numpy().astype(np.float32))
-    print(f"model {args.model} on {dataset}/test, first {args.n} examples")
+    span = (f"first {args.n} examples" if args.start == 0
+            else f"examples {args.start}..{args.start + args.n - 1}")
+    print(f"model {args.model} on {dataset}/test, {span}")
     print(result.table())
     if sweep_data is not None:
         print("eps sweep (" + args.sweep_suite + "): " + ", ".join(

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The headline chain (experiments/suites/mnist-headline.json, as mnist_headline.sh runs it)
+# on test images FROM..TO-1 of one trained run, in shards of SIZE images: one
+# `robustopt evaluate --start S --n SIZE` per shard into RUN/shards/eval-S-E.json (its log
+# beside it). A shard whose JSON exists is skipped, so a killed or timed-out session resumes
+# where it stopped, and shards can run on different machines. On this 2-core CPU a
+# 1,000-image shard of an mnist-best model takes ~22 minutes.
+#
+#   bash experiments/mnist_headline_shards.sh RUN [FROM] [TO] [SIZE]   # defaults 0 10000 1000
+#   python experiments/merge_eval_shards.py RUN/eval.json RUN/shards/eval-*.json
+#
+# (RUN/eval.json from mnist_headline.sh covers the first 1,000 images: start at 1000.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+. .venv/bin/activate
+RUN=${1:?usage: mnist_headline_shards.sh RUN [FROM] [TO] [SIZE]}
+FROM=${2:-0}
+TO=${3:-10000}
+SIZE=${4:-1000}
+mkdir -p "$RUN/shards"
+for (( s = FROM; s < TO; s += SIZE )); do
+  e=$(( s + SIZE < TO ? s + SIZE : TO ))
+  out=$RUN/shards/eval-$s-$e.json
+  if [ -f "$out" ]; then
+    echo "shard $s..$((e - 1)): $out exists, skipped"
+    continue
+  fi
+  robustopt evaluate "$RUN" --start "$s" --n $(( e - s )) \
+    --suite experiments/suites/mnist-headline.json --out "$out" > "${out%.json}.log" 2>&1
+  echo "shard $s..$((e - 1)): $(grep "robust accuracy (worst case" "${out%.json}.log")"
+done
