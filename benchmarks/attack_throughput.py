@@ -25,6 +25,7 @@ ratios are medians of per-repetition ratios. Raw per-repetition timings go to a 
 
     python benchmarks/attack_throughput.py            # full run (ResNet dominates)
     python benchmarks/attack_throughput.py --quick    # fewer repetitions, to check it works
+    python benchmarks/attack_throughput.py --report results/attack_throughput_small_reps200.json
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import datetime as dt
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -205,8 +207,8 @@ def bench_case(name: str, case: Case, *, batch: int, steps: int, reps: int, warm
         if a not in timings or b not in timings:
             return None
         per_rep = [tb / ta for ta, tb in zip(timings[a], timings[b], strict=True)]
-        return {"median": statistics.median(per_rep), "min": min(per_rep),
-                "max": max(per_rep), "per_rep": per_rep}
+        return {"median": statistics.median(per_rep), "ci95": median_ci95(per_rep),
+                "min": min(per_rep), "max": max(per_rep), "per_rep": per_rep}
 
     return {
         "arch": case.arch, "dataset": case.dataset, "input_shape": [batch, *case.shape],
@@ -225,6 +227,19 @@ def bench_case(name: str, case: Case, *, batch: int, steps: int, reps: int, warm
             "robustopt_bf16/hand": ratio("robustopt_bf16", "hand"),
         },
     }
+
+
+def median_ci95(values: list[float], resamples: int = 2000, seed: int = 0
+                ) -> tuple[float, float]:
+    """Percentile-bootstrap 95% interval of the median: how far a verdict is from noise.
+
+    Per-repetition ratios on a shared 2-core machine spread over +-25%, so a median a
+    point or two from its target says little without it. Seeded: the same timings give
+    the same interval."""
+    rng = random.Random(seed)
+    n = len(values)
+    meds = sorted(statistics.median(rng.choices(values, k=n)) for _ in range(resamples))
+    return meds[int(0.025 * resamples)], meds[min(resamples - 1, int(0.975 * resamples))]
 
 
 # --------------------------------------------------------------------------- reporting
@@ -295,8 +310,9 @@ def verdicts(results: dict[str, dict]) -> list[str]:
                 parts.append(f"{key}: not measured")
                 continue
             ok = "met" if r["median"] >= target else "MISSED"
-            parts.append(f"{key} {r['median']:.3f} [{r['min']:.3f}-{r['max']:.3f}] "
-                         f"(target >= {target:.2f}: {ok})")
+            lo, hi = r["ci95"]
+            parts.append(f"{key} {r['median']:.3f} (95% CI {lo:.3f}-{hi:.3f}; per rep "
+                         f"{r['min']:.3f}-{r['max']:.3f}) (target >= {target:.2f}: {ok})")
         lines.append(f"{name}: " + "; ".join(parts))
         extra = res["extra_forward_rows_per_call_vs_hand"].get("robustopt")
         if extra is not None:
@@ -330,6 +346,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                    help="tuned (default): robustopt.keep_freed_memory(), as the robustopt "
                    "command does, for every method alike; default: glibc's own settings")
+    p.add_argument("--report", type=Path, metavar="JSON",
+                   help="measure nothing: re-print the table and verdicts (with confidence "
+                   "intervals) from a JSON this script wrote")
     p.add_argument("--out", type=Path, default=Path("results/attack_throughput.json"),
                    help="JSON file for all raw timings (default results/attack_throughput.json)")
     args = p.parse_args(argv)
@@ -339,8 +358,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def report(path: Path) -> int:
+    """Re-derive the table and the verdicts from saved raw timings."""
+    results = json.loads(path.read_text())["results"]
+    for res in results.values():
+        for r in res["ratios"].values():
+            if r is not None:
+                r["ci95"] = median_ci95(r["per_rep"])
+    reps = ", ".join(f"{name}: {res['reps']} reps" for name, res in results.items())
+    print(f"from {path} ({reps})")
+    print(table(results))
+    print()
+    for line in verdicts(results):
+        print(line)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report:
+        return report(args.report)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     tuned = args.malloc == "tuned" and robustopt.keep_freed_memory()
