@@ -6,17 +6,21 @@
 # where it stopped, and shards can run on different machines. On this 2-core CPU a
 # 1,000-image shard of an mnist-best model takes ~22 minutes.
 #
-#   bash experiments/mnist_headline_shards.sh RUN [FROM] [TO] [SIZE]   # defaults 0 10000 1000
+#   bash experiments/mnist_headline_shards.sh RUN FROM TO [SIZE]     # SIZE defaults to 1000
 #   python experiments/merge_eval_shards.py RUN/eval.json RUN/shards/eval-*.json
 #
-# (RUN/eval.json from mnist_headline.sh covers the first 1,000 images: start at 1000.)
+# RUN/eval.json from `mnist_headline.sh PRESET 1000` covers images 0..999, so FROM=1000
+# completes it to the full test set. Keep SIZE (and the batch size) the same across
+# sessions: shards are found by file name, and shards on 500-image boundaries attack their
+# points exactly as one 10,000-image evaluation would.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 . .venv/bin/activate
-RUN=${1:?usage: mnist_headline_shards.sh RUN [FROM] [TO] [SIZE]}
-FROM=${2:-0}
-TO=${3:-10000}
+usage="usage: mnist_headline_shards.sh RUN FROM TO [SIZE]"
+RUN=${1:?$usage}
+FROM=${2:?$usage}
+TO=${3:?$usage}
 SIZE=${4:-1000}
 mkdir -p "$RUN/shards"
 for (( s = FROM; s < TO; s += SIZE )); do
@@ -26,7 +30,11 @@ for (( s = FROM; s < TO; s += SIZE )); do
     echo "shard $s..$((e - 1)): $out exists, skipped"
     continue
   fi
-  robustopt evaluate "$RUN" --start "$s" --n $(( e - s )) \
-    --suite experiments/suites/mnist-headline.json --out "$out" > "${out%.json}.log" 2>&1
+  if ! robustopt evaluate "$RUN" --start "$s" --n $(( e - s )) \
+      --suite experiments/suites/mnist-headline.json --out "$out" > "${out%.json}.log" 2>&1; then
+    echo "shard $s..$((e - 1)) failed; the end of ${out%.json}.log:"
+    tail -n 3 "${out%.json}.log"
+    exit 1
+  fi
   echo "shard $s..$((e - 1)): $(grep "robust accuracy (worst case" "${out%.json}.log")"
 done

@@ -45,7 +45,11 @@ def trial(path: Path) -> dict:
                        "standard": names[:3] == ["apgd-ce", "apgd-t", "square-5000"]}
         bb = path / "blackbox.json"
         if bb.is_file():
-            extra = json.loads(bb.read_text())["per_example"]["robust"]
+            other = json.loads(bb.read_text())
+            if other.get("test_indices") != doc.get("test_indices"):
+                raise SystemExit(f"{bb} and {ev} cover different test images: "
+                                 f"{other.get('test_indices')} vs {doc.get('test_indices')}")
+            extra = other["per_example"]["robust"]
             both = [a and b for a, b in zip(doc["per_example"]["robust"], extra, strict=True)]
             out["eval"]["with_blackbox"] = sum(both) / len(both)
     return out

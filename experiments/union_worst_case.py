@@ -23,8 +23,10 @@ def main() -> int:
                    help="eval_crosscheck.py JSON (repeatable)")
     args = p.parse_args()
     masks: dict[str, list[bool]] = {}
+    ranges = {}
     for path in args.evals:
         doc = json.loads(path.read_text())
+        ranges[str(path)] = doc.get("test_indices")
         masks[f"{path} (chain: {', '.join(a['name'] for a in doc['attacks'])})"] = \
             doc["per_example"]["robust"]
     for path in args.crosscheck:
@@ -32,6 +34,9 @@ def main() -> int:
         for key, mask in doc["per_point"].items():
             if key != "clean":
                 masks[f"{path}: {key}"] = mask
+    if len({json.dumps(r, sort_keys=True) for r in ranges.values()}) > 1:
+        raise SystemExit("the evaluations cover different test images: " + "; ".join(
+            f"{p}: {r}" for p, r in ranges.items()))
     sizes = {len(m) for m in masks.values()}
     if len(sizes) != 1:
         raise SystemExit(f"the files cover different numbers of points: {sorted(sizes)}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -497,33 +499,30 @@ def _shard(run_dir, tmp_path, monkeypatch, capsys, start: int, n: int) -> Path:
     out = tmp_path / f"eval-{start}-{start + n}.json"
     code, _, err = _main(monkeypatch, capsys, "evaluate", str(run_dir), "--data-dir", str(DATA),
                          "--start", str(start), "--n", str(n), "--suite", "quick", "--steps",
-                         "3", "--restarts", "1", "--no-sanity", "--device", "cpu", "--out",
-                         str(out))
+                         "3", "--restarts", "1", "--no-sanity", "--device", "cpu",
+                         "--batch-size", "20", "--out", str(out))
     assert code == 0, err
     return out
 
 
-def test_shards_attack_their_ranges_and_merge_into_the_whole(run_dir, tmp_path, monkeypatch,
-                                                              capsys):
-    whole = load_shard(_shard(run_dir, tmp_path, monkeypatch, capsys, 0, 40))
-    parts = [_shard(run_dir, tmp_path, monkeypatch, capsys, s, 20) for s in (20, 0)]
+def test_aligned_shards_merge_into_exactly_the_whole_evaluation(run_dir, tmp_path, monkeypatch,
+                                                                capsys):
+    whole = load_shard(_shard(run_dir, tmp_path, monkeypatch, capsys, 0, 60))
+    parts = [_shard(run_dir, tmp_path, monkeypatch, capsys, s, 20) for s in (40, 0, 20)]
     docs = [(p, load_shard(p)) for p in parts]
-    assert docs[0][1]["test_indices"] == {"split": "test", "start": 20, "stop": 40}
+    assert docs[0][1]["test_indices"] == {"split": "test", "start": 40, "stop": 60}
     digest = weights_sha256(read_model_file(run_dir)[1])
     assert {d["settings"]["weights_sha256"] for _, d in docs} == {digest}
     merged = merge_shards(docs)  # given out of order: merged by range
-    assert merged["n"] == 40 and merged["test_indices"]["start"] == 0
-    assert merged["test_indices"]["stop"] == 40 and merged["test_indices"]["gaps"] == []
-    # the shards saw exactly the whole run's images: clean verdicts agree point by point
-    assert merged["per_example"]["clean_correct"] == whole["per_example"]["clean_correct"]
-    assert merged["clean_accuracy"] == pytest.approx(whole["clean_accuracy"])
-    robust = sum(merged["per_example"]["robust"])
-    assert merged["robust_accuracy"] == robust / 40
-    assert robust == sum(round(d["robust_accuracy"] * d["n"]) for _, d in docs)
-    assert [a["attacked"] for a in merged["attacks"]] == [
-        sum(d["attacks"][i]["attacked"] for _, d in docs) for i in range(len(whole["attacks"]))]
-    assert merged["attacks"][-1]["cumulative_accuracy"] == merged["robust_accuracy"]
-    assert "40 test points (0..39) from 2 shard(s)" in shards_table(merged)
+    assert merged["n"] == 60 and merged["test_indices"] == {
+        "split": "test", "start": 0, "stop": 60, "gaps": []}
+    # shards on batch boundaries draw the whole run's randomness for the same images, so
+    # every per-example record (verdicts, provenance, margins) and every count agree
+    assert merged["per_example"] == whole["per_example"]
+    assert merged["robust_accuracy"] == pytest.approx(whole["robust_accuracy"])
+    assert [(a["name"], a["attacked"], a["broke"], a["passes"]) for a in merged["attacks"]] == [
+        (a["name"], a["attacked"], a["broke"], a["passes"]) for a in whole["attacks"]]
+    assert "60 test points (0..59) from 3 shard(s)" in shards_table(merged)
 
 
 def test_weights_digest_names_the_weights_not_the_file(tmp_path):
@@ -539,34 +538,62 @@ def test_weights_digest_names_the_weights_not_the_file(tmp_path):
     assert weights_sha256(read_model_file(tmp_path / "c.safetensors")[1]) != a
     half = {k: v.to(torch.bfloat16) for k, v in read_model_file(tmp_path / "a.safetensors")[1]
             .items()}
-    assert weights_sha256(half) != a  # the dtype is part of what was attacked
+    assert weights_sha256(half) != a  # a bf16 file is another file, even if loaded as fp32
 
 
 def test_merging_refuses_shards_of_different_evaluations(run_dir, tmp_path, monkeypatch,
                                                          capsys):
-    a = load_shard(_shard(run_dir, tmp_path, monkeypatch, capsys, 0, 10))
+    a_path = _shard(run_dir, tmp_path, monkeypatch, capsys, 0, 10)
+    a = load_shard(a_path)
     b = load_shard(_shard(run_dir, tmp_path, monkeypatch, capsys, 5, 10))
     c = load_shard(_shard(run_dir, tmp_path, monkeypatch, capsys, 30, 10))
     with pytest.raises(RobustOptError, match="overlap"):
         merge_shards([(Path("a"), a), (Path("b"), b)])
     assert merge_shards([(Path("a"), a), (Path("c"), c)])["test_indices"]["gaps"] == [[10, 30]]
-    other = json.loads(json.dumps(c))
-    other["settings"]["weights_sha256"] = "0" * 64
-    with pytest.raises(RobustOptError, match="different weights"):
-        merge_shards([(Path("a"), a), (Path("o"), other)])
-    other = json.loads(json.dumps(c))
-    other["settings"]["eps"] = 0.2
-    with pytest.raises(RobustOptError, match="differ in 'eps'"):
-        merge_shards([(Path("a"), a), (Path("o"), other)])
-    junk = tmp_path / "junk.json"
-    junk.write_text("[1, 2]")
-    with pytest.raises(RobustOptError, match="not a robustopt evaluation"):
-        load_shard(junk)
+
+    def changed(edit) -> dict:
+        doc = json.loads(json.dumps(c))
+        edit(doc)
+        return doc
+
+    for edit, match in [
+        (lambda d: d["settings"].update(weights_sha256="0" * 64), "different weights"),
+        (lambda d: d["settings"].update(eps=0.2), "differ in 'eps'"),
+        (lambda d: d["attacks"][0]["spec"].update(steps=99), "different attack chains"),
+    ]:
+        with pytest.raises(RobustOptError, match=match):
+            merge_shards([(Path("a"), a), (Path("o"), changed(edit))])
+    bad = tmp_path / "bad.json"
+    for doc, match in [
+        ([1, 2], "not a JSON object"),
+        (changed(lambda d: d.pop("attacks")), "'attacks' missing"),
+        (changed(lambda d: d["per_example"]["robust"].pop()), "do not match its range"),
+        (changed(lambda d: d["test_indices"].update(stop=39)), "do not match its range"),
+        (merge_shards([(Path("a"), a), (Path("c"), c)]), "is itself a merge"),
+    ]:
+        bad.write_text(json.dumps(doc))
+        with pytest.raises(RobustOptError, match=match):
+            load_shard(bad)
+    script = Path(__file__).resolve().parents[1] / "experiments" / "merge_eval_shards.py"
+    proc = subprocess.run([sys.executable, str(script), str(a_path), str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "is itself a merge" in proc.stderr
+
+
+def test_a_shard_of_a_run_directory_needs_its_own_output(run_dir, monkeypatch, capsys):
+    before = (run_dir / "eval.json").read_bytes() if (run_dir / "eval.json").exists() else None
+    code, _, err = _main(monkeypatch, capsys, "evaluate", str(run_dir), "--data-dir",
+                         str(DATA), "--start", "100", "--n", "10", "--suite", "quick")
+    assert code == 2 and err.count("\n") == 1 and "pass --out FILE.json" in err, err
+    after = (run_dir / "eval.json").read_bytes() if (run_dir / "eval.json").exists() else None
+    assert after == before
 
 
 @pytest.mark.parametrize("extra,match", [
     (("--n", "20000"), "runs past the 10000"),
-    (("--start", "9990", "--n", "20"), "use --start + --n <= 10000"),
+    (("--start", "9990", "--n", "20", "--out", "never-written.json"),
+     "use --start + --n <= 10000"),
     (("--start", "-1"), "expected a whole number >= 0"),
     (("--eps", "1.5"), "exceeds 1"),
     (("--transfer-from", "OTHER"), "trained on fashion-mnist"),

@@ -67,10 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eps", type=eps_arg, help="radius, e.g. 0.3 or 8/255 (default: the model's)")
     p.add_argument("--norm", help="linf or l2 (default: the model's threat model, else linf)")
     p.add_argument("--dataset", help="dataset name (default: the one the model was trained on)")
-    p.add_argument("--n", type=positive_int, default=1000, help="first N test images (1000)")
+    p.add_argument("--n", type=positive_int, default=1000,
+                   help="number of test images, the first N unless --start (1000)")
     p.add_argument("--start", type=_nonnegative_int, default=0, metavar="I",
-                   help="attack test images I .. I+N-1 instead of the first N: shards of one "
-                   "evaluation that can run apart and be merged (default 0)")
+                   help="attack test images I .. I+N-1 instead of the first N: a shard of one "
+                   "evaluation, to run apart and merge (experiments/merge_eval_shards.py); "
+                   "needs --out for a run directory, whose eval.json holds the first N")
     p.add_argument("--suite", default="standard", type=_suite,
                    help="quick, standard (default: AutoAttack's attacks and budgets), "
                    "strong, or a .json file listing attack specs and suite names, e.g. "
@@ -115,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     suite = read_suite_file(args.suite) if args.suite not in SUITE_NAMES else args.suite
     path = Path(args.model)
+    if args.start and path.is_dir() and not args.out:
+        raise RobustOptError(f"--start {args.start} evaluates a shard, but {path}/eval.json holds "
+                             "the first N test images: pass --out FILE.json for the shard")
     record, tensors = read_model_file(path)
     digest = weights_sha256(tensors)  # names the weights attacked, wherever they were copied
     del tensors
@@ -138,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress()
     result = evaluate(model, x, y, threat, suite, transfer_from=source, seed=args.seed,
                       batch_size=args.batch_size, progress=progress, sanity=args.sanity,
-                      budget=budget or None)
+                      budget=budget or None, index_offset=args.start)
     sweep_data = None
     plot = None
     if args.sweep:

@@ -519,7 +519,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
              transfer_from: nn.Module | None = None, seed: int = 0, batch_size: int = 500,
              progress: Progress | None = None, sanity: bool | S.SanityConfig = True,
              budget: Mapping | None = None, full_budget: bool = False,
-             sweep_result: dict | None = None) -> EvalResult:
+             sweep_result: dict | None = None, index_offset: int = 0) -> EvalResult:
     """Robust accuracy of ``model`` on ``(x, y)`` under ``threat``: the per-example worst
     case over the attacks of ``suite``, with provenance, passes and sanity verdicts.
 
@@ -538,12 +538,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
 
     Points are processed in batches of ``batch_size``; each batch runs the whole chain.
     Randomness comes from ``seed`` alone (one generator per batch, attack and run), so a
-    given seed and batch size give the same result. Progress lines and the warnings of
-    failed checks go to ``progress(kind, info)`` (kinds ``"message"``, ``"warning"``),
-    else to the ``robustopt.evaluate`` logger.
+    given seed and batch size give the same result. ``index_offset``: where ``x[0]`` sits
+    in the dataset; batches are keyed by their place in it, so a shard that starts on a
+    batch boundary attacks its points exactly as one evaluation of the whole set would.
+    Progress lines and the warnings of failed checks go to ``progress(kind, info)`` (kinds
+    ``"message"``, ``"warning"``), else to the ``robustopt.evaluate`` logger.
     """
     start_time = time.perf_counter()
     _check_inputs(model, x, y, threat, seed, batch_size, transfer_from)
+    if isinstance(index_offset, bool) or not isinstance(index_offset, int) or index_offset < 0:
+        raise InputError(f"index_offset must be an integer >= 0, got {index_offset!r}")
     emit = _Emitter(progress)
     cfg = sanity if isinstance(sanity, S.SanityConfig) else (S.SanityConfig() if sanity
                                                              else None)
@@ -593,8 +597,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
                          "black-box attacks count, so the robust accuracy is an upper bound "
                          "at best", event="skipped")
         batches = list(range(0, n, batch_size))
-        for b, lo in enumerate(batches):
+        for j, lo in enumerate(batches):
             hi = min(lo + batch_size, n)
+            b = (index_offset + lo) // batch_size  # the batch's key: its place in the dataset
             for k, st in enumerate(stats):
                 spec = st.spec
                 if st.skipped:
@@ -624,10 +629,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
                 keep = robust[rows] & (found.margin > mg[rows])
                 x_adv[rows[keep]] = found.x_adv[keep]
                 mg[rows[keep]] = found.margin[keep]
-                emit.message(f"[batch {b + 1}/{len(batches)}] {spec.name}: attacked "
+                emit.message(f"[batch {j + 1}/{len(batches)}] {spec.name}: attacked "
                              f"{rows.numel()}, broke {int(found.broken.sum())}, robust so far "
                              f"{int(robust[:hi].sum())}/{hi} ({st.time_s:.1f} s)",
-                             event="attack", attack=spec.name, batch=b + 1,
+                             event="attack", attack=spec.name, batch=j + 1,
                              batches=len(batches))
         if not chain:
             robust = clean.clone()
@@ -665,7 +670,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
     spent = n + sum(st.passes for st in stats)
     full = n + sum(st.full_passes for st in stats)
     cpu = torch.device("cpu")
-    settings = {"batch_size": batch_size, "full_budget": full_budget, "sanity": cfg is not None,
+    settings = {"batch_size": batch_size, "index_offset": index_offset,
+                "full_budget": full_budget, "sanity": cfg is not None,
                 "budget": dict(budget) if budget else None,
                 "transfer": transfer_from is not None, "classes": classes,
                 "sanity_config": None if cfg is None else asdict(cfg)}
