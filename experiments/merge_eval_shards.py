@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("shards", nargs="+", type=Path, help="eval JSON files of one evaluation")
     p.add_argument("--out", type=Path, help="write the merged evaluation here")
+    p.add_argument("--blocks", type=int, metavar="SIZE",
+                   help="also print clean and robust counts per block of SIZE test images")
     args = p.parse_args(argv)
     try:
         doc = merge_shards([(path, load_shard(path)) for path in args.shards])
@@ -30,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"merge_eval_shards: error: {exc}", file=sys.stderr)
         return 2
     print(shards_table(doc))
+    if args.blocks:
+        ex, start = doc["per_example"], doc["test_indices"]["start"]
+        for lo in range(0, doc["n"], args.blocks):
+            hi = min(lo + args.blocks, doc["n"])
+            print(f"images {start + lo}..{start + hi - 1}: clean {sum(ex['clean_correct'][lo:hi])}"
+                  f", robust {sum(ex['robust'][lo:hi])} of {hi - lo}")
     if args.out:
         write_json_atomic(args.out, doc)
         print(f"merged evaluation written to {args.out}")
