@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from robustopt.attacks import AttackResult, eval_mode, fgsm, pgd, transfer
+from robustopt.attacks import AttackResult, core, eval_mode, fgsm, pgd, transfer
 from robustopt.attacks.core import goal_met
 from robustopt.errors import InputError, RobustOptError
 from robustopt.losses import get_loss
@@ -282,6 +282,72 @@ def test_more_steps_at_least_as_strong(real, norm):
     d20 = pgd(model, x, y, threat, steps=20, generator=_gen(3))
     assert d20.accuracy <= r5.accuracy
     assert float(d20.loss.mean()) >= float(r5.loss.mean())
+
+
+class RoundedLogits(nn.Module):
+    """Logits rounded to halves (straight-through gradient): distinct iterates tie exactly."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.model(x)
+        return z + ((2 * z).round() / 2 - z).detach()
+
+
+def _nan_in_band(logits, y, target=None):
+    """Cross-entropy, but NaN for losses in (0.5, 1.5): a model that is NaN on some inputs."""
+    ce = get_loss("ce")(logits, y, target)
+    return ce.masked_fill((ce > 0.5) & (ce < 1.5), float("nan"))
+
+
+@pytest.mark.parametrize(("norm", "loss", "targeted", "rounded", "steps"), [
+    ("linf", "ce", False, False, 6), ("l2", "margin", False, False, 6),
+    ("linf", "ce", True, False, 6), ("linf", "dlr", False, True, 6),
+    ("l2", "ce", False, True, 6), ("linf", "nan", False, False, 6),
+    ("linf", "ce", False, False, 1), ("l2", "ce", False, False, 0)])
+@pytest.mark.parametrize("buffer_bytes", [1, 3 * N_REAL * 784 * 4, 1 << 30])
+def test_tracked_search_returns_the_best_iterate(real, monkeypatch, norm, loss, targeted,
+                                                 rounded, steps, buffer_bytes):
+    # Reference: iterate k = 0..steps, each from its own untracked run from the same start,
+    # scored by a fresh forward, then scanned in order keeping a strictly better
+    # (goal met, loss). The search must return exactly the scan's choice, whatever its
+    # buffer holds (too little: the per-step tracker; 3 iterates; all of them), including
+    # ties (rounded logits) and NaN losses.
+    model, x, y = real
+    model = RoundedLogits(model) if rounded else model
+    threat = _threat(norm)
+    step = 1.5 * threat.eps  # overshooting steps: the best iterate is often not the last
+    target = (y + 3) % 10 if targeted else None
+    loss_fn = _nan_in_band if loss == "nan" else get_loss(loss)
+    monkeypatch.setattr(core, "TRACK_BUFFER_BYTES", buffer_bytes)
+    with eval_mode(model), torch.no_grad():
+        found = core.perturb(model, x, y, threat, loss_fn, target, steps=steps,
+                             step_size=step, generator=_gen(9))
+        iterates = torch.stack([
+            core.perturb(model, x, y, threat, loss_fn, target, steps=k, step_size=step,
+                         track_best=False, generator=_gen(9)).x_adv
+            for k in range(steps + 1)])
+        logits = torch.stack([model(it) for it in iterates])
+    n = x.shape[0]
+    best = torch.zeros(n, dtype=torch.long)
+    best_loss = torch.full((n,), float("-inf"))
+    best_success = torch.zeros(n, dtype=torch.bool)
+    for k in range(steps + 1):
+        loss_k, success_k = loss_fn(logits[k], y, target), goal_met(logits[k], y, target)
+        better = (success_k & ~best_success) | ((success_k == best_success)
+                                                & (loss_k > best_loss))
+        best = torch.where(better, k, best)
+        best_loss = torch.where(better, loss_k, best_loss)
+        best_success |= success_k
+    if steps > 4 and loss != "nan":
+        assert len(set(best.tolist())) > 2  # the best iterate differs between examples
+    cols = torch.arange(n)
+    assert torch.equal(found.x_adv, iterates[best, cols])
+    assert torch.equal(found.success, best_success)
+    torch.testing.assert_close(found.loss, best_loss, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(found.logits, logits[best, cols])
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])

@@ -350,6 +350,12 @@ def test_step_stays_in_set_and_in_place_step_equals_it(case, step_size, l2):
                            nxt)
         assert torch.equal(ThreatModel.step_(threat, start.clone(), None, grad.clone(),
                                              step_size, bounds), nxt)
+    # with out=, the result lands there and the current point is left as it was
+    for step_ in (threat.step_, lambda *a, **k: ThreatModel.step_(threat, *a, **k)):
+        kept, out = start.clone(), torch.full_like(start, -1.0)
+        got = step_(kept, x.clone(), grad.clone(), step_size, bounds, out=out)
+        assert got.data_ptr() == out.data_ptr() and torch.equal(out, nxt)
+        assert torch.equal(kept, start)
 
 
 def test_linf_step_increases_a_linear_objective():

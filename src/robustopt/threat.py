@@ -89,15 +89,17 @@ class ThreatModel(ABC):
         return self.project(x_adv + step_size * self.ascent_direction(grad), x)
 
     def step_(self, x_adv: torch.Tensor, x: torch.Tensor | None, grad: torch.Tensor,
-              step_size: float, bounds: tuple[torch.Tensor, torch.Tensor] | None = None
-              ) -> torch.Tensor:
+              step_size: float, bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`step` that may overwrite ``x_adv`` and ``grad`` (the attack core's hot
         loop owns both): same values, no new buffers where the norm allows it. ``bounds``
         is :meth:`bounds` of ``x``, computed once per attack rather than once per step;
-        ``x`` may then be None."""
+        ``x`` may then be None. With ``out`` the result goes there and ``x_adv`` is kept."""
         if bounds is not None:  # the set is the box ``bounds``: projecting is clamping
-            return torch.clamp(x_adv + step_size * self.ascent_direction(grad), *bounds)
-        return self.step(x_adv, x, grad, step_size)
+            stepped = torch.clamp(x_adv + step_size * self.ascent_direction(grad), *bounds)
+        else:
+            stepped = self.step(x_adv, x, grad, step_size)
+        return stepped if out is None else out.copy_(stepped)
 
     def bounds(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Per-coordinate ``(lower, upper)`` bounds of the set around ``x``, if it is a box."""
@@ -141,12 +143,13 @@ class LinfBall(ThreatModel):
         return torch.clamp(x_adv, *self.bounds(x))
 
     def step_(self, x_adv: torch.Tensor, x: torch.Tensor | None, grad: torch.Tensor,
-              step_size: float, bounds: tuple[torch.Tensor, torch.Tensor] | None = None
-              ) -> torch.Tensor:
+              step_size: float, bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
         # x + a * sign(g) is exact in one fused op (a * ±1 needs no rounding), so this
         # equals step() bit for bit in three passes over the batch and no new tensor.
         lo, hi = bounds if bounds is not None else self.bounds(x)
-        return x_adv.add_(grad.sign_(), alpha=step_size).clamp_(lo, hi)
+        return torch.add(x_adv, grad.sign_(), alpha=step_size,
+                         out=x_adv if out is None else out).clamp_(lo, hi)
 
     def random_start(self, x: torch.Tensor, generator: torch.Generator | None = None
                      ) -> torch.Tensor:

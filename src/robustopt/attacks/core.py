@@ -21,6 +21,12 @@ from ..losses import LossFn
 from ..threat import ThreatModel
 from ..validate import check_images, check_labels, check_logits, forward_checked
 
+# Memory for the iterates the tracked ascent keeps between best-point updates (see
+# :func:`_ascend_tracked`): all 21 iterates of PGD-20 on 256 MNIST images fit, so the
+# bookkeeping runs once per attack there. Batches too big for 3 iterates in it use the
+# per-step tracker, so memory stays within this much of the per-step tracker's.
+TRACK_BUFFER_BYTES = 32 << 20
+
 
 @dataclass
 class AttackResult:
@@ -66,8 +72,8 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 def goal_met(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
              ) -> torch.Tensor:
-    """Misclassified (untargeted) or classified as the target (targeted)."""
-    pred = logits.argmax(dim=1)
+    """Misclassified (untargeted) or classified as the target (targeted); logits [..., classes]."""
+    pred = logits.argmax(dim=-1)
     return pred != y if target is None else pred == target
 
 
@@ -114,6 +120,94 @@ def _pick_best_restart(loss: torch.Tensor, success: torch.Tensor) -> torch.Tenso
     return ranked.masked_fill(any_success & ~success, float("-inf")).argmax(dim=0)
 
 
+def _buffer_slots(cur: torch.Tensor, steps: int) -> int:
+    """How many consecutive iterates of ``cur``'s size fit in :data:`TRACK_BUFFER_BYTES`."""
+    per_slot = max(cur.numel() * cur.element_size(), 1)
+    return min(steps + 1, TRACK_BUFFER_BYTES // per_slot)
+
+
+def _first_best(loss: torch.Tensor, success: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each column's best row by (goal met, loss), as a scan over rows in order would pick.
+
+    The scan starts from (no success, loss -inf) and moves only to a strictly better row, so
+    ties keep the earlier row, a NaN loss never wins on loss, and a success whose loss is
+    NaN is never replaced. Returns the row index per column and the loss the scan holds
+    (-inf where no row beat the start). Matches the per-step tracker in :func:`_run_group`
+    exactly, so the two paths agree on every input.
+    """
+    cols = torch.arange(loss.shape[1], device=loss.device)
+    ranked = loss.masked_fill(loss.isnan(), float("-inf"))
+    top_fail, idx_fail = ranked.max(dim=0)  # first maximum; 0 when every loss is -inf/NaN
+    first_hit = success.to(torch.uint8).argmax(dim=0)
+    top_hit, idx_hit = ranked.masked_fill(~success, float("-inf")).max(dim=0)
+    stuck = (top_hit == float("-inf")) | loss[first_hit, cols].isnan()
+    idx_hit = torch.where(stuck, first_hit, idx_hit)
+    any_hit = success.any(dim=0)
+    idx = torch.where(any_hit, idx_hit, idx_fail)
+    held = loss[idx, cols].masked_fill(~any_hit & (top_fail == float("-inf")), float("-inf"))
+    return idx, held
+
+
+def _ascend_tracked(model: nn.Module, cur: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor,
+                    t0: torch.Tensor | None, threat: ThreatModel, loss_fn: LossFn,
+                    bounds: tuple[torch.Tensor, torch.Tensor] | None, *, steps: int,
+                    step_size: float, slots: int, autocast: torch.dtype | None
+                    ) -> Perturbation:
+    """Ascent keeping each row's best iterate, with the bookkeeping done once per ``slots`` steps.
+
+    On a small model the per-step comparisons and batch-sized selects of the per-step
+    tracker are a visible share of an attack (``benchmarks/attack_throughput.py``). Here each
+    step writes its iterate straight into the next slot of a buffer and the losses and
+    logits are kept; when the slots are full, :func:`_first_best` picks each row's best
+    among them and the best so far, in one pass. The choice is the per-step tracker's.
+    """
+    m = cur.shape[0]
+    buf = torch.empty((slots, *cur.shape), dtype=cur.dtype, device=cur.device)
+    if cur.dim() == 4 and not cur.is_contiguous() and cur.is_contiguous(
+            memory_format=torch.channels_last):
+        buf = buf.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        buf = buf.unflatten(0, (slots, m))  # keep a channels-last batch channels-last
+    buf[0].copy_(cur)
+    best: Perturbation | None = None
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss, logits) of buffered iterates
+    for t in range(steps + 1):
+        xa = buf[len(pending)]
+        need_grad = t < steps
+        loss, logits, grad = loss_and_grad(model, xa, y0, loss_fn, t0, need_grad=need_grad,
+                                           autocast=autocast)
+        pending.append((loss, logits))
+        if len(pending) == slots or not need_grad:
+            best = _merge_buffered(best, buf, pending, y0, t0)
+            pending = []
+        if need_grad:
+            threat.step_(xa, x0, grad, step_size, bounds, out=buf[len(pending)])
+    assert best is not None
+    # Logits from a reduced-precision search are not a verdict: finalize recomputes them.
+    return best if autocast is None else Perturbation(best.x_adv, best.loss, best.success)
+
+
+def _merge_buffered(best: Perturbation | None, buf: torch.Tensor,
+                    pending: list[tuple[torch.Tensor, torch.Tensor]], y: torch.Tensor,
+                    target: torch.Tensor | None) -> Perturbation:
+    """The best so far after the buffered iterates, which come after ``best`` in time."""
+    loss = torch.stack([lo for lo, _ in pending])        # [k, m]
+    logits = torch.stack([lg for _, lg in pending])      # [k, m, classes]
+    success = goal_met(logits, y, target)
+    if best is not None:  # the best so far goes first: it is the earliest candidate
+        loss = torch.cat([best.loss[None], loss])
+        logits = torch.cat([best.logits[None], logits])
+        success = torch.cat([best.success[None], success])
+    idx, held = _first_best(loss, success)
+    cols = torch.arange(y.shape[0], device=y.device)
+    offset = 0 if best is None else 1
+    slot = (idx - offset).clamp_(min=0)
+    x_new = buf[slot, cols]
+    if best is not None:  # rows whose best is still the old point keep it
+        x_new = torch.where((idx == 0).view(-1, *([1] * (x_new.dim() - 1))), best.x_adv, x_new)
+    return Perturbation(x_new, held, success[idx, cols], logits[idx, cols])
+
+
 def _run_group(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
                loss_fn: LossFn, target: torch.Tensor | None, *, steps: int,
                step_size: float, restarts: int, random_start: bool, track_best: bool,
@@ -138,7 +232,12 @@ def _run_group(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
             _, _, grad = loss_and_grad(model, cur, y0, loss_fn, t0, autocast=autocast)
             cur = threat.step_(cur, x0, grad, step_size, bounds)
         return Perturbation(cur, None, None)
-
+    slots = _buffer_slots(cur, steps)
+    if not stop_on_success and slots >= min(3, steps + 1):
+        return _ascend_tracked(model, cur, x0, y0, t0, threat, loss_fn, bounds, steps=steps,
+                               step_size=step_size, slots=slots, autocast=autocast)
+    # Per-step tracking: for stop_on_success (rows drop out as they break) and for batches
+    # too big to buffer a few iterates of.
     best_x = cur.clone()
     best_logits: torch.Tensor | None = None
     best_loss = torch.full((n * restarts,), float("-inf"), device=x.device)
