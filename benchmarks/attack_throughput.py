@@ -13,6 +13,10 @@ the same model and batch for
   scan and a one-example forward), best-point tracking over every iterate (its one no-grad
   forward of the last iterate doubles as the verdict, reused after the points are
   re-projected and checked against the threat set);
+* ``robustopt_search``: the same search through ``robustopt.attacks.core.perturb`` alone,
+  its verdict read from the logits it tracked: ``robustopt`` without input validation and
+  without the final re-projection and membership check, so ``robustopt/robustopt_search``
+  is what those two cost per call;
 * ``torchattacks``: ``torchattacks.PGD`` plus the same verdict forward as the hand loop
   (optional; skipped with a one-line note when it is not importable);
 * ``robustopt_bf16``: ``robustopt.pgd(..., autocast=torch.bfloat16)`` on a channels_last
@@ -52,10 +56,13 @@ from _torchattacks import import_torchattacks
 from torch import nn
 
 import robustopt
+from robustopt.attacks import eval_mode
+from robustopt.attacks.core import perturb
+from robustopt.losses import cross_entropy
 from robustopt.models.normalize import DATASET_STATS
 from robustopt.threat import LinfBall
 
-METHODS = ("hand", "robustopt", "torchattacks", "robustopt_bf16")
+METHODS = ("hand", "robustopt", "robustopt_search", "torchattacks", "robustopt_bf16")
 
 
 @dataclass(frozen=True)
@@ -150,8 +157,14 @@ def build_calls(case: Case, batch: int, steps: int, torchattacks: types.ModuleTy
     def alpha(k: int) -> float:
         return 2.5 * eps / k
 
+    def search_only(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with eval_mode(model):
+            found = perturb(model, x, y, threat, cross_entropy, steps=k, step_size=alpha(k))
+        return found.x_adv, found.logits.argmax(1) == y
+
     calls: dict[str, Callable[[int], object]] = {
         "hand": lambda k: _with_verdict(model, hand_pgd(model, x, y, eps, alpha(k), k), y),
+        "robustopt_search": search_only,
         "robustopt": lambda k: robustopt.pgd(model, x, y, threat, steps=k,
                                              step_size=alpha(k)),
         "robustopt_bf16": lambda k: robustopt.pgd(model_cl, x_cl, y, threat, steps=k,
@@ -168,7 +181,7 @@ def build_calls(case: Case, batch: int, steps: int, torchattacks: types.ModuleTy
             return _with_verdict(model, atks[k](x, y), y)
 
         calls["torchattacks"] = ta
-    models = {"hand": model, "robustopt": model, "torchattacks": model,
+    models = {"hand": model, "robustopt": model, "robustopt_search": model, "torchattacks": model,
               "robustopt_bf16": model_cl}
     return calls, models, x
 
@@ -225,6 +238,7 @@ def bench_case(name: str, case: Case, *, batch: int, steps: int, reps: int, warm
             "robustopt/torchattacks": ratio("robustopt", "torchattacks"),
             "robustopt_bf16/robustopt": ratio("robustopt_bf16", "robustopt"),
             "robustopt_bf16/hand": ratio("robustopt_bf16", "hand"),
+            "robustopt/robustopt_search": ratio("robustopt", "robustopt_search"),
         },
     }
 
@@ -314,6 +328,12 @@ def verdicts(results: dict[str, dict]) -> list[str]:
             parts.append(f"{key} {r['median']:.3f} (95% CI {lo:.3f}-{hi:.3f}; per rep "
                          f"{r['min']:.3f}-{r['max']:.3f}) (target >= {target:.2f}: {ok})")
         lines.append(f"{name}: " + "; ".join(parts))
+        own = rat.get("robustopt/robustopt_search")
+        if own is not None:
+            lo, hi = own["ci95"]
+            lines.append(f"  input validation + final check of the points: robustopt runs at "
+                         f"{own['median']:.3f} (95% CI {lo:.3f}-{hi:.3f}) of its bare search's "
+                         f"speed")
         extra = res["extra_forward_rows_per_call_vs_hand"].get("robustopt")
         if extra is not None:
             n = res["input_shape"][0]
