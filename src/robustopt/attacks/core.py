@@ -163,11 +163,11 @@ def _ascend_tracked(model: nn.Module, cur: torch.Tensor, x0: torch.Tensor, y0: t
     among them and the best so far, in one pass. The choice is the per-step tracker's.
     """
     m = cur.shape[0]
-    buf = torch.empty((slots, *cur.shape), dtype=cur.dtype, device=cur.device)
-    if cur.dim() == 4 and not cur.is_contiguous() and cur.is_contiguous(
-            memory_format=torch.channels_last):
-        buf = buf.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-        buf = buf.unflatten(0, (slots, m))  # keep a channels-last batch channels-last
+    channels_last = cur.dim() == 4 and not cur.is_contiguous() and cur.is_contiguous(
+        memory_format=torch.channels_last)  # keep a channels-last batch channels-last
+    buf = torch.empty((slots * m, *cur.shape[1:]), dtype=cur.dtype, device=cur.device,
+                      memory_format=torch.channels_last if channels_last
+                      else torch.contiguous_format).unflatten(0, (slots, m))
     buf[0].copy_(cur)
     best: Perturbation | None = None
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss, logits) of buffered iterates
