@@ -402,6 +402,17 @@ def load_model(
     """Build the model a model file or run directory describes, with its weights, in eval
     mode on ``device`` (CPU if None); parameters keep ``requires_grad=True``."""
     record, tensors = read_model_file(path, which)
+    return build_from_record(record, tensors, path, device)
+
+
+def build_from_record(
+    record: Mapping[str, Any],
+    tensors: Mapping[str, Tensor],
+    path: Path | str,
+    device: torch.device | str | None = None,
+) -> nn.Module:
+    """:func:`load_model` from what :func:`read_model_file` returned, for callers that need
+    the record or the tensors too (the file, a bundle's checksums included, is read once)."""
     try:
         model = build_model(
             record["arch"], mean=record["mean"], std=record["std"], **record.get("kwargs", {})

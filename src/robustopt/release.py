@@ -298,14 +298,16 @@ def export_bundle(
     The bundle is assembled in a hidden sibling directory and renamed into place, so ``out``
     is either absent, the old bundle, or the complete new one. Returns its ``model.json``.
     """
-    from .modelfile import load_model, read_model_file, save_model  # modelfile imports this module
+    # modelfile imports this module
+    from .modelfile import build_from_record, read_model_file, save_model
 
     src, out = Path(model_path), Path(out)
     if out.is_dir() and any(out.iterdir()) and not force:  # checked again when placing
         raise RobustOptError(f"{out} already exists and is not empty: pass --force to "
                              "replace it or choose another --out")
-    record, _ = read_model_file(src, which)
-    model = load_model(src, which=which)
+    record, tensors = read_model_file(src, which)
+    model = build_from_record(record, tensors, src)
+    del tensors
     dataset = record.get("dataset")
     threat = record.get("threat")
     if not isinstance(dataset, str) or not isinstance(threat, dict):

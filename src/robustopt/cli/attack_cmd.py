@@ -12,7 +12,7 @@ from ..atomic import write_npy_atomic
 from ..attacks import fgsm, pgd, transfer
 from ..data import load_dataset
 from ..errors import RobustOptError
-from ..modelfile import load_model, read_model_file
+from ..modelfile import build_from_record, load_model, read_model_file
 from ..train.loop import pick_device
 from .common import (
     add_data_flags,
@@ -67,8 +67,9 @@ def _run_attack(args: argparse.Namespace, model, source, x, y, threat, gen):
 
 def run(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
-    record, _ = read_model_file(args.model)
-    model = load_model(args.model, device=device)
+    record, tensors = read_model_file(args.model)
+    model = build_from_record(record, tensors, args.model, device)
+    del tensors
     source = load_model(args.transfer_from, device=device) if args.transfer_from else None
     dataset, threat = dataset_and_threat(args, record)
     data = load_dataset(dataset, args.split, args.data_dir)

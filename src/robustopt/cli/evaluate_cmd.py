@@ -18,7 +18,7 @@ from ..data import load_dataset
 from ..errors import RobustOptError
 from ..evaluate import SUITE_NAMES, evaluate, plot_sweep, sweep
 from ..evaluate.suites import read_suite_file
-from ..modelfile import load_model, read_model_file, weights_sha256
+from ..modelfile import build_from_record, read_model_file, weights_sha256
 from ..rundir import RunDir
 from ..threat import make_threat, parse_eps
 from ..train.loop import pick_device
@@ -101,7 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _source_model(path: str, dataset: str, record: dict, device):
-    src_record, _ = read_model_file(path)
+    src_record, src_tensors = read_model_file(path)
     src_dataset = src_record.get("dataset")
     if src_dataset and src_dataset.lower() != dataset.lower():
         raise RobustOptError(f"--transfer-from {path} was trained on {src_dataset}, not "
@@ -110,7 +110,7 @@ def _source_model(path: str, dataset: str, record: dict, device):
     if shape and src_shape and list(shape) != list(src_shape):
         raise RobustOptError(f"--transfer-from {path} takes inputs of shape {src_shape}, the "
                              f"model {shape}: give a source model for the same input shape")
-    return load_model(path, device=device)
+    return build_from_record(src_record, src_tensors, path, device)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -122,13 +122,13 @@ def run(args: argparse.Namespace) -> int:
                              "the first N test images: pass --out FILE.json for the shard")
     record, tensors = read_model_file(path)
     digest = weights_sha256(tensors)  # names the weights attacked, wherever they were copied
-    del tensors
     dataset, threat = dataset_and_threat(args, record)
     norm = threat.norm
     if args.sweep:
         for e in args.sweep:
             make_threat(norm, e)
-    model = load_model(path, device=device)
+    model = build_from_record(record, tensors, path, device)
+    del tensors
     source = (_source_model(args.transfer_from, dataset, record, device)
               if args.transfer_from else None)
     data = load_dataset(dataset, "test", args.data_dir)
