@@ -94,7 +94,9 @@ class ThreatModel(ABC):
         """:meth:`step` that may overwrite ``x_adv`` and ``grad`` (the attack core's hot
         loop owns both): same values, no new buffers where the norm allows it. ``bounds``
         is :meth:`bounds` of ``x``, computed once per attack rather than once per step;
-        ``x`` may then be None. With ``out`` the result goes there and ``x_adv`` is kept."""
+        ``x`` may then be None. With ``out`` the result goes there and ``x_adv`` is kept:
+        the tracked search steps from a buffered iterate that may still be the best, so a
+        subclass that overrides this method must accept ``out`` too."""
         if bounds is not None:  # the set is the box ``bounds``: projecting is clamping
             stepped = torch.clamp(x_adv + step_size * self.ascent_direction(grad), *bounds)
         else:
