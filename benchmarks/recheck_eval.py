@@ -1,27 +1,33 @@
-"""Re-check a published evaluation with independent attacks: torchattacks' APGD-CE, APGD-T and
-Square, chained, on exactly the points the evaluation counts as robust.
+"""Re-check a published evaluation with other attacks, on exactly the points it counts as robust.
 
-A robust-accuracy figure stands only if attacks written by someone else cannot break the
-points it calls robust. This takes any ``eval.json`` that ``robustopt evaluate`` wrote
-(one run's, one shard's, or ``experiments/merge_eval_shards.py``'s merge of 10,000 images),
-checks that the model given is the one it attacked (the weights digest it records), and
-runs torchattacks' counterparts of the ``standard`` suite (``_torchattacks.build_attacks``:
-AutoAttack's budgets, 100 steps, 9 targets, 5,000 queries) through torchattacks' own
-``MultiAttack`` on the points it left standing. Every returned point is judged here (inside
-the ball and the box, misclassified by the model in eval mode, float32).
+A robust-accuracy figure stands only if attacks written by someone else, or stronger ones,
+cannot break the points it calls robust. This takes any ``eval.json`` that ``robustopt
+evaluate`` wrote (one run's, one shard's, or ``experiments/merge_eval_shards.py``'s merge of
+10,000 images), checks that the model given is the one it attacked (the weights digest it
+records), and attacks the points it left standing with either
+
+* torchattacks' counterparts of the ``standard`` suite (the default;
+  ``_torchattacks.build_attacks``: AutoAttack's budgets, 100 steps, 9 targets, 5,000
+  queries) chained by torchattacks' own ``MultiAttack``; every returned point is judged
+  here (inside the ball and the box, misclassified by the model in eval mode, float32); or
+* robustopt's own attacks with ``--suite`` (a suite name such as ``strong`` or a JSON suite
+  file) under ``--seed``: a bigger budget or other random draws than the evaluation's.
 
 The work can be split: ``--from``/``--to`` take a range of test indices inside the
-evaluation's, and ``--combine`` adds up the pieces, so the 10,000-image figure can be
-re-checked a shard at a time on a CPU, or in one go on a GPU::
+evaluation's, ``--sample K`` a seeded random K of the standing points in it, and
+``--combine`` adds up pieces, so the 10,000-image figure can be re-checked a piece at a
+time on a CPU, or in one go on a GPU::
 
     python benchmarks/recheck_eval.py --eval results/headline_shards/mnist-best-seed0.eval.json \\
         --model results/runs/mnist-best-seed0 --from 0 --to 1000 \\
         --out results/recheck/mnist-best-seed0-0-1000.json
     python benchmarks/recheck_eval.py --eval results/headline_shards/mnist-best-seed0.eval.json \\
         --combine results/recheck/mnist-best-seed0-*.json
+    python benchmarks/recheck_eval.py --eval EVAL.json --model RUN \\
+        --suite '[{"attack": "square", "queries": 10000}]' --seed 1 --sample 300
 
-Each piece prints its table and writes it as JSON (``--out``) with the indices of every
-point torchattacks broke that the evaluation had left standing.
+Each piece prints what it did and writes it as JSON (``--out``) with the test indices of
+every point the re-check broke that the evaluation had left standing.
 """
 
 from __future__ import annotations
@@ -37,7 +43,10 @@ from _torchattacks import build_attacks, import_torchattacks, run_chained, verif
 
 import robustopt
 from robustopt.atomic import write_json_atomic
+from robustopt.errors import RobustOptError
+from robustopt.evaluate import SUITE_NAMES, AttackSpec, evaluate, get_suite, read_suite_file
 from robustopt.modelfile import read_model_file, weights_sha256
+from robustopt.threat import LinfBall
 
 
 def read_eval(path: Path) -> dict:
@@ -50,8 +59,8 @@ def read_eval(path: Path) -> dict:
         raise SystemExit(f"{path} is not an evaluation written by robustopt evaluate "
                          f"({type(err).__name__}: {err}); pass its eval.json") from None
     if settings.get("norm") != "linf":
-        raise SystemExit(f"{path} is an {settings.get('norm')} evaluation; torchattacks' "
-                         "counterparts here are L-inf only")
+        raise SystemExit(f"{path} is an {settings.get('norm')} evaluation; this re-check "
+                         "is L-inf only")
     if span.get("gaps"):
         raise SystemExit(f"{path} has gaps in its test range {span['gaps']}; re-check the "
                          "shards it was merged from instead")
@@ -62,6 +71,46 @@ def read_eval(path: Path) -> dict:
             "digest": settings.get("weights_sha256"), "start": span["start"],
             "stop": span["stop"], "robust": robust,
             "robust_accuracy": doc.get("robust_accuracy")}
+
+
+def parse_suite(text: str) -> list[AttackSpec]:
+    """A suite name, a JSON suite file, or a JSON list given inline; checked up front."""
+    try:
+        if text in SUITE_NAMES:
+            return get_suite(text)
+        if text.lstrip().startswith("["):
+            return get_suite(json.loads(text))
+        return get_suite(read_suite_file(text))
+    except ValueError as err:  # JSON errors and robustopt's InputError alike
+        raise SystemExit(f"--suite {text!r}: {err}") from None
+
+
+def attack_theirs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                  args: argparse.Namespace) -> tuple[torch.Tensor, dict]:
+    """torchattacks' APGD-CE, APGD-T and Square chained by its MultiAttack; judged here."""
+    ta, ta_note = import_torchattacks()
+    if ta is None:
+        raise SystemExit(ta_note)
+    with torch.no_grad():
+        classes = model(x[:1]).shape[1]
+    attacks = build_attacks(ta, model, eps, seed=args.seed, classes=classes)
+    run = run_chained(ta, attacks, model, x, y, args.batch_size)
+    check = verify(model, x, y, run["x_adv"], eps)
+    label = (f"{ta_note}: APGD-CE, APGD-T ({classes - 1} targets), Square-5000, chained "
+             f"(seed {args.seed})")
+    return check["broken"].cpu(), {"attacks": label, "time_s": run["time_s"],
+                                   "passes": run["passes"], "per_attack": run["per_attack"],
+                                   "outside_ball": int(check["outside"].sum())}
+
+
+def attack_ours(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                args: argparse.Namespace) -> tuple[torch.Tensor, dict]:
+    """robustopt's own attacks (``--suite``) under ``--seed``; points verified by evaluate."""
+    res = evaluate(model, x, y, LinfBall(eps), args.suite, seed=args.seed,
+                   batch_size=args.batch_size, sanity=False)
+    label = f"robustopt {', '.join(a.name for a in res.attacks)} (seed {args.seed})"
+    return ~res.robust.cpu(), {"attacks": label, "time_s": res.time_s,
+                               "passes": res.passes_spent, "table": res.table()}
 
 
 def recheck(args: argparse.Namespace, ev: dict) -> int:
@@ -76,48 +125,40 @@ def recheck(args: argparse.Namespace, ev: dict) -> int:
     if ev["digest"] and digest != ev["digest"]:
         raise SystemExit(f"{args.model} holds other weights than {args.eval} attacked (digest "
                          f"{digest[:12]} vs {ev['digest'][:12]}): pass the model it evaluated")
-    ta, ta_note = import_torchattacks()
-    if ta is None:
-        raise SystemExit(ta_note)
     t0 = time.perf_counter()
     device = torch.device(args.device)
     model = robustopt.load_model(args.model, which=args.which, device=device)
     data = robustopt.load_dataset(ev["dataset"], "test", args.data_dir)
     x, y = data.tensors(device=device, n=hi)
-    x, y = x[lo:], y[lo:]
     standing = torch.tensor(ev["robust"][lo - ev["start"]:hi - ev["start"]], dtype=torch.bool)
-    idx = standing.nonzero().flatten()
-    with torch.no_grad():
-        classes = model(x[:1]).shape[1]
-    attacks = build_attacks(ta, model, ev["eps"], seed=args.seed, classes=classes)
-    print(f"re-checking {args.eval} on test images {lo}..{hi - 1} with {ta_note}", flush=True)
-    print(f"  the evaluation left {len(idx)} of {hi - lo} standing; torchattacks' APGD-CE, "
-          f"APGD-T ({classes - 1} targets) and Square-5000, chained, attack those", flush=True)
-    broken = torch.zeros(0, dtype=torch.long)
-    outside = 0
-    run = {"time_s": 0.0, "passes": 0, "per_attack": {}}
-    if len(idx):
-        xs, ys = x[idx.to(device)], y[idx.to(device)]
-        run = run_chained(ta, attacks, model, xs, ys, args.batch_size)
-        check = verify(model, xs, ys, run["x_adv"], ev["eps"])
-        broken = idx[check["broken"].cpu()] + lo
-        outside = int(check["outside"].sum())
-    survivors = len(idx) - len(broken)
-    print(f"  torchattacks broke {len(broken)} of them: {survivors} of {hi - lo} still robust "
-          f"({survivors / (hi - lo):.2%}); {run['time_s']:.0f} s, {run['passes']:,} passes",
+    idx = standing.nonzero().flatten() + lo  # test indices the evaluation left standing
+    if args.sample is not None and args.sample < len(idx):
+        pick = torch.randperm(len(idx), generator=torch.Generator().manual_seed(args.seed))
+        idx = idx[pick[:args.sample].sort().values]
+    print(f"re-checking {args.eval} on test images {lo}..{hi - 1}: it left "
+          f"{int(standing.sum())} of {hi - lo} standing; attacking "
+          f"{'all of them' if len(idx) == int(standing.sum()) else f'a sample of {len(idx)}'}",
           flush=True)
+    broken = torch.zeros(0, dtype=torch.long)
+    info: dict = {"attacks": None, "time_s": 0.0, "passes": 0}
+    if len(idx):
+        attack = attack_ours if args.suite else attack_theirs
+        hit, info = attack(model, x[idx.to(device)], y[idx.to(device)], ev["eps"], args)
+        broken = idx[hit]
+    print(f"  with {info['attacks']}")
+    print(f"  broke {len(broken)} of the {len(idx)} points attacked; {info['time_s']:.0f} s, "
+          f"{info['passes']:,} passes", flush=True)
     if len(broken):
         print(f"  broken test indices: {broken.tolist()}")
-    if outside:
-        print(f"  note: {outside} returned point(s) were outside the ball or the box and were "
-              "not counted as broken")
+    if info.get("outside_ball"):
+        print(f"  note: {info['outside_ball']} returned point(s) were outside the ball or the "
+              "box and were not counted as broken")
     doc = {"eval": str(args.eval), "model": str(args.model), "weights_sha256": digest,
-           "torchattacks": ta_note, "seed": args.seed, "batch_size": args.batch_size,
-           "device": str(device), "dataset": ev["dataset"], "eps": ev["eps"],
-           "test_indices": {"start": lo, "stop": hi}, "standing_before": len(idx),
-           "broken_by_torchattacks": broken.tolist(), "outside_ball": outside,
-           "standing_after": survivors, "time_s": run["time_s"], "passes": run["passes"],
-           "per_attack": run["per_attack"], "wall_s": time.perf_counter() - t0}
+           "seed": args.seed, "batch_size": args.batch_size, "device": str(device),
+           "dataset": ev["dataset"], "eps": ev["eps"],
+           "test_indices": {"start": lo, "stop": hi}, "standing_before": int(standing.sum()),
+           "attacked": idx.tolist(), "broken": broken.tolist(), **info,
+           "wall_s": time.perf_counter() - t0}
     if args.out:
         write_json_atomic(args.out, doc)
         print(f"  written to {args.out}")
@@ -128,8 +169,7 @@ def combine(args: argparse.Namespace, ev: dict) -> int:
     """Add up re-checked pieces of one evaluation; refuses overlaps and foreign pieces."""
     loaded = sorted(((json.loads(Path(p).read_text()), p) for p in args.combine),
                     key=lambda dp: dp[0]["test_indices"]["start"])
-    pieces = [d for d, _ in loaded]
-    covered, broken, end = 0, [], None
+    attacked, broken, end = 0, [], None
     for piece, path in loaded:
         span = piece["test_indices"]
         if not ev["start"] <= span["start"] < span["stop"] <= ev["stop"]:
@@ -139,18 +179,19 @@ def combine(args: argparse.Namespace, ev: dict) -> int:
         if end is not None and span["start"] < end:
             raise SystemExit(f"{path} overlaps another piece at test index {span['start']}")
         end = span["stop"]
-        covered += span["stop"] - span["start"]
-        broken += piece["broken_by_torchattacks"]
-    n = ev["stop"] - ev["start"]
-    spans = ", ".join(f"{p['test_indices']['start']}..{p['test_indices']['stop'] - 1}"
-                      for p in pieces)
-    print(f"{args.eval}: {sum(ev['robust'])} of {n} robust ({sum(ev['robust']) / n:.2%})")
-    print(f"re-checked with torchattacks on {covered} of its {n} test images ({spans})")
-    print(f"points torchattacks broke that the evaluation left standing: {len(broken)}"
+        attacked += len(piece["attacked"])
+        broken += piece["broken"]
+        print(f"{path}: test images {span['start']}..{span['stop'] - 1}, "
+              f"{len(piece['attacked'])} of {piece['standing_before']} standing points "
+              f"attacked, {len(piece['broken'])} broken, with {piece['attacks']}")
+    n, robust = ev["stop"] - ev["start"], sum(ev["robust"])
+    print(f"{args.eval}: {robust} of {n} robust ({robust / n:.2%}); the re-checks attacked "
+          f"{attacked} of those {robust} and broke {len(broken)}"
           + (f" (test indices {sorted(broken)})" if broken else ""))
-    after = sum(ev["robust"]) - len(broken)
-    print(f"robust after the re-check: {after} of {n} ({after / n:.2%})"
-          + ("" if covered == n else "; the rest of the range is not re-checked yet"))
+    print(f"robust after the re-checks: {robust - len(broken)} of {n} "
+          f"({(robust - len(broken)) / n:.2%})"
+          + ("" if attacked == robust else f"; {robust - attacked} standing points not "
+             "re-checked"))
     return 0
 
 
@@ -164,7 +205,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="first test index (default: the evaluation's first)")
     p.add_argument("--to", dest="hi", type=int, default=None,
                    help="one past the last test index (default: the evaluation's end)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--suite", default=None,
+                   help="re-check with robustopt's attacks instead of torchattacks': a suite "
+                        "name (e.g. strong), a JSON suite file or an inline JSON list")
+    p.add_argument("--sample", type=int, default=None,
+                   help="attack a random SAMPLE of the standing points (drawn with --seed)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the attacks' seed (and the sample's); pick one the evaluation did "
+                        "not use for new random draws")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
@@ -172,12 +220,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--combine", nargs="+", default=None,
                    help="add up pieces written by --out instead of attacking")
     args = p.parse_args(argv)
+    if args.sample is not None and args.sample < 1:
+        p.error("--sample must be >= 1")
+    if args.suite is not None:
+        args.suite = parse_suite(args.suite)
     ev = read_eval(args.eval)
     if args.combine:
         return combine(args, ev)
     if args.model is None:
         p.error("--model is required unless --combine is given")
-    return recheck(args, ev)
+    try:
+        return recheck(args, ev)
+    except RobustOptError as err:  # a missing or foreign model file, missing data: one line
+        raise SystemExit(str(err)) from None
 
 
 if __name__ == "__main__":
