@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -165,11 +166,28 @@ def recheck(args: argparse.Namespace, ev: dict) -> int:
     return 0
 
 
+def upper_bound(broken: int, attacked: int, level: float = 0.95) -> float:
+    """One-sided Clopper-Pearson upper bound on a breaking rate seen as broken/attacked:
+    the rate p at which seeing <= ``broken`` has probability 1 - level (bisection)."""
+    if broken >= attacked:
+        return 1.0
+
+    def cdf(p: float) -> float:
+        return sum(math.comb(attacked, k) * p ** k * (1 - p) ** (attacked - k)
+                   for k in range(broken + 1))
+
+    lo, hi = broken / attacked, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) > 1 - level else (lo, mid)
+    return hi
+
+
 def combine(args: argparse.Namespace, ev: dict) -> int:
     """Add up re-checked pieces of one evaluation; refuses overlaps and foreign pieces."""
     loaded = sorted(((json.loads(Path(p).read_text()), p) for p in args.combine),
                     key=lambda dp: dp[0]["test_indices"]["start"])
-    attacked, broken, end = 0, [], None
+    attacked, covered, broken, end = 0, 0, [], None
     for piece, path in loaded:
         span = piece["test_indices"]
         if not ev["start"] <= span["start"] < span["stop"] <= ev["stop"]:
@@ -180,6 +198,7 @@ def combine(args: argparse.Namespace, ev: dict) -> int:
             raise SystemExit(f"{path} overlaps another piece at test index {span['start']}")
         end = span["stop"]
         attacked += len(piece["attacked"])
+        covered += span["stop"] - span["start"]
         broken += piece["broken"]
         print(f"{path}: test images {span['start']}..{span['stop'] - 1}, "
               f"{len(piece['attacked'])} of {piece['standing_before']} standing points "
@@ -192,6 +211,11 @@ def combine(args: argparse.Namespace, ev: dict) -> int:
           f"({(robust - len(broken)) / n:.2%})"
           + ("" if attacked == robust else f"; {robust - attacked} standing points not "
              "re-checked"))
+    if 0 < attacked < robust and covered == n:  # samples drawn across the whole range
+        bound = upper_bound(len(broken), attacked)
+        print(f"if the points attacked are a random sample of the standing ones: these attacks "
+              f"break at most {bound:.2%} of them (one-sided 95% bound), so robust accuracy "
+              f"is at least {robust * (1 - bound) / n:.2%}")
     return 0
 
 
