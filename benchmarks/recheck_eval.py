@@ -46,7 +46,7 @@ import robustopt
 from robustopt.atomic import write_json_atomic
 from robustopt.errors import RobustOptError
 from robustopt.evaluate import SUITE_NAMES, AttackSpec, evaluate, get_suite, read_suite_file
-from robustopt.modelfile import read_model_file, weights_sha256
+from robustopt.modelfile import build_from_record, read_model_file, weights_sha256
 from robustopt.threat import LinfBall
 
 
@@ -120,15 +120,15 @@ def recheck(args: argparse.Namespace, ev: dict) -> int:
     if not ev["start"] <= lo < hi <= ev["stop"]:
         raise SystemExit(f"--from {lo} --to {hi} is not inside the evaluation's test indices "
                          f"{ev['start']}..{ev['stop'] - 1}")
-    _, tensors = read_model_file(args.model, args.which)
+    record, tensors = read_model_file(args.model, args.which)
     digest = weights_sha256(tensors)
-    del tensors
     if ev["digest"] and digest != ev["digest"]:
         raise SystemExit(f"{args.model} holds other weights than {args.eval} attacked (digest "
                          f"{digest[:12]} vs {ev['digest'][:12]}): pass the model it evaluated")
     t0 = time.perf_counter()
     device = torch.device(args.device)
-    model = robustopt.load_model(args.model, which=args.which, device=device)
+    model = build_from_record(record, tensors, args.model, device)
+    del tensors
     data = robustopt.load_dataset(ev["dataset"], "test", args.data_dir)
     x, y = data.tensors(device=device, n=hi)
     standing = torch.tensor(ev["robust"][lo - ev["start"]:hi - ev["start"]], dtype=torch.bool)
