@@ -26,7 +26,11 @@ LOGS=results/headline
 mkdir -p "$LOGS"
 for seed in $SEEDS; do
   run=results/runs/$PRESET-seed$seed
-  if [ ! -f "$run/best.safetensors" ]; then  # kept runs may hold metrics but no weights
+  if [ -f "$run/metrics.jsonl" ] && [ ! -f "$run/best.safetensors" ]; then
+    # a kept run without its weights: retrain it and adopt the weights only if they are
+    # the same bits (its metrics and evaluations are kept as they are)
+    robustopt train --restore "$run"
+  elif [ ! -f "$run/best.safetensors" ]; then
     robustopt train --preset "$PRESET" --seed "$seed" --out "$run" --force \
       2>&1 | tee "$LOGS/$PRESET-seed$seed.train.log"
   fi

@@ -4,7 +4,8 @@
 # `robustopt evaluate --start S --n SIZE` per shard into RUN/shards/eval-S-E.json (its log
 # beside it). A shard whose JSON exists is skipped, so a killed or timed-out session resumes
 # where it stopped, and shards can run on different machines. On this 2-core CPU a
-# 1,000-image shard of an mnist-best model takes ~22 minutes.
+# 1,000-image shard of an mnist-best model takes ~22 minutes. A kept run without its weight
+# files gets them back first (`robustopt train --restore RUN`, checked bit for bit).
 #
 #   bash experiments/mnist_headline_shards.sh RUN FROM TO [SIZE]     # SIZE defaults to 1000
 #   python experiments/merge_eval_shards.py RUN/eval.json RUN/shards/eval-*.json
@@ -22,6 +23,10 @@ RUN=${1:?$usage}
 FROM=${2:?$usage}
 TO=${3:?$usage}
 SIZE=${4:-1000}
+if [ ! -f "$RUN/best.safetensors" ] && [ -f "$RUN/metrics.jsonl" ]; then
+  # weights are not kept in the repository: regenerate exactly these (~20 min here)
+  robustopt train --restore "$RUN"
+fi
 mkdir -p "$RUN/shards"
 for (( s = FROM; s < TO; s += SIZE )); do
   e=$(( s + SIZE < TO ? s + SIZE : TO ))

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from robustopt import LinfBall, load_dataset, load_model, pgd
 from robustopt.cli import main
 from robustopt.errors import RobustOptError
+from robustopt.modelfile import weights_sha256
 from robustopt.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ TINY = dict(dataset="mnist", data_dir=str(DATA), train_n=1100, heldout_n=100, ep
 
 METRIC_FIELDS = {"epoch", "train_loss", "train_robust_acc", "heldout_clean_acc",
                  "heldout_pgd_acc", "heldout_robust_loss", "lr", "eps", "examples_per_s",
-                 "epoch_time_s", "wall_time_s", "run_time_s"}
+                 "epoch_time_s", "wall_time_s", "run_time_s", "weights_sha256"}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,10 @@ def test_metrics_jsonl_has_documented_fields(tmp_path):
         assert METRIC_FIELDS <= set(r), METRIC_FIELDS - set(r)
         assert 0 <= r["heldout_pgd_acc"] <= r["heldout_clean_acc"] + 1e-9 <= 1 + 1e-9
         assert 0 < r["wall_time_s"] <= r["run_time_s"]  # the run's time includes the steps
+    # the last epoch's digest names the weights it left in model.safetensors
+    assert records[-1]["weights_sha256"] == weights_sha256(
+        load_file(tmp_path / "run" / "model.safetensors"))
+    assert records[0]["weights_sha256"] != records[1]["weights_sha256"]
     for name in ("config.json", "model.json", "model.safetensors", "best.safetensors",
                  "checkpoint/state.safetensors"):
         assert (tmp_path / "run" / name).is_file(), name
@@ -204,6 +209,8 @@ def test_overfitting_guard_restores_best_and_stops(tmp_path, monkeypatch):
     best, last = load_file(tmp_path / "r" / "best.safetensors"), load_file(
         tmp_path / "r" / "model.safetensors")
     assert all(torch.equal(best[k], last[k]) for k in best)
+    # the collapsed epoch's record names the weights restored in its place
+    assert result.metrics[-1]["weights_sha256"] == weights_sha256(last)
 
 
 def test_config_roundtrip_and_unknown_preset():

@@ -88,11 +88,13 @@ def model_record(model: nn.Module, extra: Mapping[str, Any] | None = None) -> di
     return record
 
 
-def save_model(model: nn.Module, path: Path | str, extra: Mapping[str, Any] | None = None) -> None:
+def save_model(model: nn.Module, path: Path | str, extra: Mapping[str, Any] | None = None
+               ) -> str:
     """Write ``model`` as one self-describing ``.safetensors`` file, atomically.
 
     The file is written next to ``path``, fsynced and renamed over it, so a crash never
-    leaves a half-written model where a good one was.
+    leaves a half-written model where a good one was. Returns the weights'
+    :func:`weights_sha256`, so a caller can record which weights it wrote.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -106,6 +108,7 @@ def save_model(model: nn.Module, path: Path | str, extra: Mapping[str, Any] | No
         k: v.detach().to(device="cpu", memory_format=torch.contiguous_format, copy=True)
         for k, v in unwrap_model(model).state_dict().items()
     }
+    digest = weights_sha256(tensors)
     metadata = {METADATA_KEY: json.dumps(record, sort_keys=True, allow_nan=False)}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
@@ -129,13 +132,14 @@ def save_model(model: nn.Module, path: Path | str, extra: Mapping[str, Any] | No
     try:  # make the rename itself durable; not possible on every platform
         dir_fd = os.open(path.parent, os.O_RDONLY)
     except OSError:
-        return
+        return digest
     try:
         os.fsync(dir_fd)
     except OSError:
         pass
     finally:
         os.close(dir_fd)
+    return digest
 
 
 def convert_state_dict(

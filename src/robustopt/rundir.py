@@ -8,6 +8,7 @@ live in one file.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from torch import nn
 from . import __version__
 from .atomic import write_bytes_atomic, write_json_atomic
 from .errors import RobustOptError
-from .modelfile import save_model
+from .modelfile import WEIGHT_FILES, save_model
 
 CHECKPOINT = "checkpoint/state.safetensors"
 _OWNED = ("config.json", "model.json", "model.safetensors", "best.safetensors",
@@ -74,10 +75,25 @@ class RunDir:
         cfg.pop("robustopt_version", None)
         return cfg
 
-    def write_weights(self, model: nn.Module, which: str, info: dict) -> None:
-        """Save ``last`` (model.safetensors) or ``best`` (best.safetensors) weights."""
-        name = {"last": "model.safetensors", "best": "best.safetensors"}[which]
-        save_model(model, self.path / name, extra=info)
+    def write_weights(self, model: nn.Module, which: str, info: dict) -> str:
+        """Save ``last`` (model.safetensors) or ``best`` (best.safetensors) weights; returns
+        their SHA-256 (:func:`robustopt.modelfile.weights_sha256`)."""
+        return save_model(model, self.path / WEIGHT_FILES[which], extra=info)
+
+    def weight_files(self) -> list[Path]:
+        """The weight files present (a kept run may hold its metrics but no weights)."""
+        return [self.path / name for name in WEIGHT_FILES.values()
+                if (self.path / name).is_file()]
+
+    def adopt_weights(self, source: RunDir) -> None:
+        """Move another run's weight files into this run (``robustopt train --restore``).
+
+        Each file moves with an atomic rename, so a kill leaves every weight file either
+        absent or complete.
+        """
+        for name in WEIGHT_FILES.values():
+            if (source.path / name).is_file():
+                os.replace(source.path / name, self.path / name)
 
     def write_model_json(self, info: dict) -> None:
         write_json_atomic(self.path / "model.json", info)

@@ -9,6 +9,7 @@ import typing
 
 from ..errors import RobustOptError
 from ..train import PRESETS, TrainConfig, preset, train
+from ..train.restore import restore_weights
 from .common import eps_arg
 from .progress import Progress
 
@@ -66,6 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its checkpoint")
     p.add_argument("--force", action="store_true", help="replace an existing run directory")
+    p.add_argument("--restore", metavar="RUN",
+                   help="regenerate the weight files a kept run lacks: retrain it from its "
+                   "config.json and move the weights in only if the retrain reproduces its "
+                   "metrics (and any recorded weights digests) exactly")
     for f in dataclasses.fields(TrainConfig):
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
                        help=_HELP.get(f.name), **_field_type(f))
@@ -76,6 +81,15 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress()
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if getattr(args, f.name) is not None}
+    if args.restore:
+        if given or args.preset or args.resume or args.out or args.force:
+            raise RobustOptError("--restore retrains a run with its saved settings: "
+                                 "drop the other training flags")
+        restored = restore_weights(args.restore, progress=progress)
+        print(f"restored the weights of {restored.run_dir}: the retrain matched all "
+              f"{restored.epochs_checked} epoch(s) of its metrics and "
+              f"{restored.digests_checked} recorded weights digest(s)")
+        return 0
     if args.resume:
         if given or args.preset:
             raise RobustOptError("--resume continues a run with its saved settings: "

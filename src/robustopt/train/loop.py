@@ -208,7 +208,10 @@ class _Trainer:
         if not collapsed and acc >= self.counters["best_acc"]:
             self.counters["best_acc"], self.counters["best_epoch"] = acc, epoch + 1
             self.run.write_weights(self.product, "best", {**self.info, "epoch": epoch + 1})
-        self.run.write_weights(self.product, "last", {**self.info, "epoch": epoch + 1})
+        # The digest pins the weights this epoch wrote, so a run kept without its weight
+        # files can be retrained and checked bit for bit (``robustopt train --restore``).
+        record["weights_sha256"] = self.run.write_weights(
+            self.product, "last", {**self.info, "epoch": epoch + 1})
         self.counters["history"].append(record)
         self.counters["sums"] = [0.0, 0.0, 0.0]
         return record
@@ -264,7 +267,8 @@ class _Trainer:
         _, weights = read_model_file(self.run.path / "best.safetensors")
         for module in dict.fromkeys((self.model, self.product)):  # one module if not averaging
             module.load_state_dict(weights)
-        self.run.write_weights(self.product, "last", {**self.info, "epoch": best})
+        self.counters["history"][-1]["weights_sha256"] = self.run.write_weights(
+            self.product, "last", {**self.info, "epoch": best})
         self.counters["stopped"] = "overfitting"
 
 
