@@ -29,7 +29,7 @@ for seed in $SEEDS; do
   if [ -f "$run/metrics.jsonl" ] && [ ! -f "$run/best.safetensors" ]; then
     # a kept run without its weights: retrain it and adopt the weights only if they are
     # the same bits (its metrics and evaluations are kept as they are)
-    robustopt train --restore "$run"
+    robustopt train --restore "$run" 2>&1 | tee "$LOGS/$PRESET-seed$seed.restore.log"
   elif [ ! -f "$run/best.safetensors" ]; then
     robustopt train --preset "$PRESET" --seed "$seed" --out "$run" --force \
       2>&1 | tee "$LOGS/$PRESET-seed$seed.train.log"

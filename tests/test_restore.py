@@ -90,12 +90,62 @@ def test_a_run_with_weights_or_without_metrics_is_refused(original, tmp_path, ca
     assert "drop the other training flags" in capsys.readouterr().err
 
 
-def test_an_interrupted_restore_resumes_its_scratch_run(original, tmp_path):
+def _same_weights(kept: Path, original: Path) -> bool:
+    return all(weights_sha256(load_file(kept / name)) == weights_sha256(
+        load_file(original / name)) for name in WEIGHTS)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_restore_killed_mid_training_resumes_its_scratch_run(original, tmp_path):
     kept = _kept(original, tmp_path / "kept")
-    train(TrainConfig(**TINY), tmp_path / ".kept.restore")  # as if killed after training
-    events = []
-    restored = restore_weights(kept, progress=lambda kind, info: events.append(kind))
+
+    def kill_in_epoch_2(kind: str, info: dict) -> None:
+        if kind == "step" and info["epoch"] == 2 and info["step"] == 3:
+            raise _Killed
+    with pytest.raises(_Killed):
+        restore_weights(kept, progress=kill_in_epoch_2)
+    assert not any((kept / name).exists() for name in WEIGHTS)
+    epochs_stepped = set()
+    restored = restore_weights(kept, progress=lambda kind, info: epochs_stepped.add(
+        info["epoch"]) if kind == "step" else None)
     assert restored.epochs_checked == 2
-    assert "step" not in events  # resumed from the scratch run's checkpoint, not retrained
-    assert weights_sha256(load_file(kept / "best.safetensors")) == weights_sha256(
-        load_file(original / "best.safetensors"))
+    assert epochs_stepped == {2}  # epoch 1 came from the scratch run's checkpoint
+    assert _same_weights(kept, original)
+
+
+def test_a_restore_killed_between_the_two_moves_finishes(original, tmp_path):
+    kept = _kept(original, tmp_path / "kept")
+    train(TrainConfig(**TINY), tmp_path / ".kept.restore")
+    (tmp_path / ".kept.restore" / "model.safetensors").rename(kept / "model.safetensors")
+    restore_weights(kept)
+    assert _same_weights(kept, original)
+    assert not (tmp_path / ".kept.restore").exists()
+
+
+def test_a_scratch_run_of_other_settings_is_retrained(original, tmp_path, monkeypatch):
+    kept = _kept(original, tmp_path / "kept")
+    train(TrainConfig(**{**TINY, "seed": 4}), tmp_path / ".kept.restore")
+    monkeypatch.chdir(kept)  # and "." names the run
+    assert main(["train", "--restore", "."]) == 0
+    assert _same_weights(kept, original)
+
+
+def test_weight_files_swapped_in_the_scratch_run_are_refused(original, tmp_path, capsys):
+    kept = _kept(original, tmp_path / "kept")
+    train(TrainConfig(**TINY), tmp_path / ".kept.restore")
+    train(TrainConfig(**{**TINY, "seed": 4}), tmp_path / "other")
+    shutil.copy(tmp_path / "other" / "best.safetensors",
+                tmp_path / ".kept.restore" / "best.safetensors")
+    _expect_refusal(kept, capsys, "are not the ones its training recorded")
+
+
+def test_unreadable_kept_files_are_one_line_errors(original, tmp_path, capsys):
+    kept = _kept(original, tmp_path / "kept")
+    (kept / "shards" / "eval-10-20.json").write_text('{"settings": ')  # truncated
+    _expect_refusal(kept, capsys, "eval-10-20.json is not readable JSON")
+    (kept / "shards" / "eval-10-20.json").unlink()
+    (kept / "metrics.jsonl").write_text("<<<<<<< HEAD\n")
+    _expect_refusal(kept, capsys, "metrics.jsonl is not valid JSON")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -25,6 +27,19 @@ from .modelfile import WEIGHT_FILES, save_model
 CHECKPOINT = "checkpoint/state.safetensors"
 _OWNED = ("config.json", "model.json", "model.safetensors", "best.safetensors",
           "metrics.jsonl", "eval.json", "checkpoint", "plots", "report.html")
+
+
+def _read_json(path: Path, parse: Callable[[str], Any]) -> Any:
+    """``parse(text)`` of a run file; a corrupt file is one line naming it, not a traceback."""
+    try:
+        return parse(path.read_text())
+    except (UnicodeDecodeError, ValueError) as err:
+        raise RobustOptError(f"{path} is not valid JSON ({_first_line(err)}): restore it from "
+                             "a copy (e.g. git) or start the run again") from None
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 class RunDir:
@@ -71,7 +86,7 @@ class RunDir:
                           {"robustopt_version": __version__, **config})
 
     def read_config(self) -> dict:
-        cfg = json.loads((self.path / "config.json").read_text())
+        cfg = _read_json(self.path / "config.json", json.loads)
         cfg.pop("robustopt_version", None)
         return cfg
 
@@ -95,6 +110,10 @@ class RunDir:
             if (source.path / name).is_file():
                 os.replace(source.path / name, self.path / name)
 
+    def remove(self) -> None:
+        """Delete this run directory (a scratch run whose weights were adopted)."""
+        shutil.rmtree(self.path)
+
     def write_model_json(self, info: dict) -> None:
         write_json_atomic(self.path / "model.json", info)
 
@@ -107,7 +126,8 @@ class RunDir:
         path = self.path / "metrics.jsonl"
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return _read_json(path, lambda text: [json.loads(line) for line in text.splitlines()
+                                              if line.strip()])
 
     def write_eval(self, result: dict) -> None:
         write_json_atomic(self.path / "eval.json", result)

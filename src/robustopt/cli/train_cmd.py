@@ -88,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
         restored = restore_weights(args.restore, progress=progress)
         print(f"restored the weights of {restored.run_dir}: the retrain matched all "
               f"{restored.epochs_checked} epoch(s) of its metrics and "
-              f"{restored.digests_checked} recorded weights digest(s)")
+              f"{restored.digests_checked} recorded weights digest(s)"
+              + ("" if restored.digests_checked else
+                 " (the run recorded none: matched by its metrics alone)"))
         return 0
     if args.resume:
         if given or args.preset:
