@@ -5,7 +5,7 @@
 # beside it). A shard whose JSON exists is skipped, so a killed or timed-out session resumes
 # where it stopped, and shards can run on different machines. On this 2-core CPU a
 # 1,000-image shard of an mnist-best model takes ~22 minutes. A kept run without its weight
-# files gets them back first (`robustopt train --restore RUN`, checked bit for bit).
+# files gets them back first (`robustopt train --restore RUN`, checked against its record).
 #
 #   bash experiments/mnist_headline_shards.sh RUN FROM TO [SIZE]     # SIZE defaults to 1000
 #   python experiments/merge_eval_shards.py RUN/eval.json RUN/shards/eval-*.json

@@ -22,7 +22,7 @@ from torch import nn
 from . import __version__
 from .atomic import write_bytes_atomic, write_json_atomic
 from .errors import RobustOptError
-from .modelfile import WEIGHT_FILES, save_model
+from .modelfile import WEIGHT_FILES, _one_line, save_model
 
 CHECKPOINT = "checkpoint/state.safetensors"
 _OWNED = ("config.json", "model.json", "model.safetensors", "best.safetensors",
@@ -34,12 +34,8 @@ def _read_json(path: Path, parse: Callable[[str], Any]) -> Any:
     try:
         return parse(path.read_text())
     except (UnicodeDecodeError, ValueError) as err:
-        raise RobustOptError(f"{path} is not valid JSON ({_first_line(err)}): restore it from "
+        raise RobustOptError(f"{path} is not valid JSON ({_one_line(err)}): restore it from "
                              "a copy (e.g. git) or start the run again") from None
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 class RunDir:
@@ -94,11 +90,6 @@ class RunDir:
         """Save ``last`` (model.safetensors) or ``best`` (best.safetensors) weights; returns
         their SHA-256 (:func:`robustopt.modelfile.weights_sha256`)."""
         return save_model(model, self.path / WEIGHT_FILES[which], extra=info)
-
-    def weight_files(self) -> list[Path]:
-        """The weight files present (a kept run may hold its metrics but no weights)."""
-        return [self.path / name for name in WEIGHT_FILES.values()
-                if (self.path / name).is_file()]
 
     def adopt_weights(self, source: RunDir) -> None:
         """Move another run's weight files into this run (``robustopt train --restore``).
