@@ -755,3 +755,11 @@ def test_error_messages_name_the_problem(mnist_model, batch):
     nan[2, 0, 0, 0] = float("nan")
     msg = _expect_input_error(lambda: fgsm(mnist_model, nan, y, LinfBall(0.1)))
     assert "NaN" in msg and "2" in msg
+    inf = x.clone()
+    inf[1, 0, 27, 27] = -float("inf")
+    msg = _expect_input_error(lambda: pgd(mnist_model, inf, y, LinfBall(0.1)))
+    assert "NaN or inf" in msg and "example 1" in msg
+    neg = x.clone()
+    neg[3, 0, 9, 9] = -0.25
+    msg = _expect_input_error(lambda: pgd(mnist_model, neg, y, LinfBall(0.1)))
+    assert "[-0.25" in msg and "outside [0, 1]" in msg

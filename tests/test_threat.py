@@ -371,14 +371,19 @@ def test_linf_step_increases_a_linear_objective():
 # ---------------------------------------------------------------- contains / distance
 
 def test_contains_flags_each_violation():
-    x = torch.full((5, 1, 2, 2), 0.5)
+    x = torch.full((7, 1, 2, 2), 0.5)
     z = x.clone()
-    z[1, 0, 0, 0] = float("nan")
+    z[1, 0, 1, 1] = float("nan")  # anywhere in the row, not only first
     z[2, 0, 0, 0] = 1.2  # outside the box (and the ball)
     z[3, 0, 0, 0] = 0.5 + 0.2  # outside the ball only
     z[4, 0, 0, 0] = 0.5 + 0.1 + 1e-7  # within the tolerance
-    assert LinfBall(0.1).contains(z, x).tolist() == [True, False, False, False, True]
-    assert L2Ball(0.1).contains(z, x).tolist() == [True, False, False, False, True]
+    z[5, 0, 1, 0] = float("inf")
+    z[6, 0, 0, 1] = float("-inf")
+    expected = [True, False, False, False, True, False, False]
+    assert LinfBall(0.1).contains(z, x).tolist() == expected
+    assert L2Ball(0.1).contains(z, x).tolist() == expected
+    # a ball wider than the box: only the box (and finiteness) can reject
+    assert LinfBall(1.0).contains(z, x).tolist() == [True, False, False, True, True, False, False]
 
 
 def test_distance_per_example():

@@ -111,11 +111,13 @@ class ThreatModel(ABC):
                  ) -> torch.Tensor:
         """Per-example membership test (finite, inside the box, within eps)."""
         flat = x_adv.flatten(1)
-        finite = torch.isfinite(flat).all(dim=1)
-        in_box = ((flat >= 0) & (flat <= 1)).all(dim=1)
+        # Per-row min and max propagate NaN (every comparison with it is False) and see
+        # +-inf outside the box, so this one test is "finite and in the box" in two cheap
+        # reductions rather than an isfinite pass and two comparison passes.
+        in_box = (flat.amin(dim=1) >= 0) & (flat.amax(dim=1) <= 1)
         # float32 rounding of a norm over many pixels grows with eps: allow 1e-5 relative
         near = self.distance(x_adv.float(), x.float()) <= self.eps * (1 + 1e-5) + atol
-        return finite & in_box & near
+        return in_box & near
 
     def to_dict(self) -> dict:
         return {"norm": self.norm, "eps": self.eps}
@@ -162,7 +164,8 @@ class LinfBall(ThreatModel):
         return grad.sign()
 
     def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return _per_example_norm(x_adv - x, math.inf)
+        # max |d| is the inf-norm exactly (and keeps NaN); the generic norm kernel is ~5x slower
+        return (x_adv - x).flatten(1).abs().amax(dim=1)
 
 
 @dataclass(frozen=True)

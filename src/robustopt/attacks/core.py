@@ -360,13 +360,14 @@ def finalize(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Te
     x = x.detach()  # the returned points carry no graph back to the caller's x
     searched = x_adv.detach().to(x.dtype)
     x_adv = threat.project(searched, x)
-    finite = torch.isfinite(x_adv.flatten(1)).all(dim=1)
-    if not bool(finite.all()):
-        bad = int((~finite).nonzero()[0])
-        raise InputError(f"the model gave NaN or inf gradients or outputs near example {bad}, "
-                         "so the attack could not proceed: check the model for non-finite values")
-    inside = threat.contains(x_adv, x)
+    inside = threat.contains(x_adv, x)  # False for non-finite points too
     if not bool(inside.all()):
+        finite = torch.isfinite(x_adv.flatten(1)).all(dim=1)
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0])
+            raise InputError(f"the model gave NaN or inf gradients or outputs near example "
+                             f"{bad}, so the attack could not proceed: check the model for "
+                             "non-finite values")
         bad = int((~inside).nonzero()[0])
         raise RuntimeError(
             f"internal error: attack returned example {bad} outside the {threat.norm} ball "
