@@ -29,6 +29,7 @@ ratios are medians of per-repetition ratios. Raw per-repetition timings go to a 
 
     python benchmarks/attack_throughput.py            # full run (ResNet dominates)
     python benchmarks/attack_throughput.py --quick    # fewer repetitions, to check it works
+    python benchmarks/attack_throughput.py --models small-mnist --reps 40 --processes 6
     python benchmarks/attack_throughput.py --report results/attack_throughput_small_reps200.json
 """
 
@@ -43,7 +44,9 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import types
 from collections.abc import Callable, Iterator
@@ -213,17 +216,7 @@ def bench_case(name: str, case: Case, *, batch: int, steps: int, reps: int, warm
         log(f"[{name}] rep {r + 1}/{reps}: " + "  ".join(
             f"{m} {timings[m][-1]:.3f}s" for m in methods))
 
-    work = batch * steps
-    rate = {m: [work / t for t in ts] for m, ts in timings.items()}
-
-    def ratio(a: str, b: str) -> dict | None:
-        if a not in timings or b not in timings:
-            return None
-        per_rep = [tb / ta for ta, tb in zip(timings[a], timings[b], strict=True)]
-        return {"median": statistics.median(per_rep), "ci95": median_ci95(per_rep),
-                "min": min(per_rep), "max": max(per_rep), "per_rep": per_rep}
-
-    return {
+    result = {
         "arch": case.arch, "dataset": case.dataset, "input_shape": [batch, *case.shape],
         "eps": case.eps, "steps": steps, "step_size": 2.5 * case.eps / steps,
         "reps": reps, "warmup_steps": warmup_steps,
@@ -231,28 +224,67 @@ def bench_case(name: str, case: Case, *, batch: int, steps: int, reps: int, warm
         "extra_forward_rows_per_call_vs_hand": extra_rows,
         "order_per_rep": orders,
         "seconds_per_call": timings,
-        "example_steps_per_s": rate,
-        "median_example_steps_per_s": {m: statistics.median(v) for m, v in rate.items()},
-        "ratios": {
-            "robustopt/hand": ratio("robustopt", "hand"),
-            "robustopt/torchattacks": ratio("robustopt", "torchattacks"),
-            "robustopt_bf16/robustopt": ratio("robustopt_bf16", "robustopt"),
-            "robustopt_bf16/hand": ratio("robustopt_bf16", "hand"),
-            "robustopt/robustopt_search": ratio("robustopt", "robustopt_search"),
-        },
+        "process_per_rep": [0] * reps,
     }
+    return add_summaries(result)
 
 
-def median_ci95(values: list[float], resamples: int = 2000, seed: int = 0
-                ) -> tuple[float, float]:
+RATIOS = {  # name -> (method timed in the numerator of speed, method in the denominator)
+    "robustopt/hand": ("robustopt", "hand"),
+    "robustopt/torchattacks": ("robustopt", "torchattacks"),
+    "robustopt_bf16/robustopt": ("robustopt_bf16", "robustopt"),
+    "robustopt_bf16/hand": ("robustopt_bf16", "hand"),
+    "robustopt/robustopt_search": ("robustopt", "robustopt_search"),
+}
+
+
+def add_summaries(result: dict) -> dict:
+    """Rates and speed ratios (median of per-repetition ratios, with a 95% interval) from
+    the raw ``seconds_per_call``; with several processes the interval resamples processes."""
+    timings, groups = result["seconds_per_call"], result["process_per_rep"]
+    work = result["input_shape"][0] * result["steps"]
+    rate = {m: [work / t for t in ts] for m, ts in timings.items()}
+    result["example_steps_per_s"] = rate
+    result["median_example_steps_per_s"] = {m: statistics.median(v) for m, v in rate.items()}
+    ratios: dict[str, dict | None] = {}
+    for key, (a, b) in RATIOS.items():
+        if a not in timings or b not in timings:
+            ratios[key] = None
+            continue
+        per_rep = [tb / ta for ta, tb in zip(timings[a], timings[b], strict=True)]
+        by_process: dict[int, list[float]] = {}
+        for g, r in zip(groups, per_rep, strict=True):
+            by_process.setdefault(g, []).append(r)
+        ratios[key] = {"median": statistics.median(per_rep),
+                       "ci95": median_ci95(per_rep, groups),
+                       "min": min(per_rep), "max": max(per_rep), "per_rep": per_rep,
+                       "per_process_median": [statistics.median(v)
+                                              for _, v in sorted(by_process.items())]}
+    result["ratios"] = ratios
+    return result
+
+
+def median_ci95(values: list[float], groups: list[int] | None = None, resamples: int = 2000,
+                seed: int = 0) -> tuple[float, float]:
     """Percentile-bootstrap 95% interval of the median: how far a verdict is from noise.
 
     Per-repetition ratios on a shared 2-core machine spread over +-25%, so a median a
-    point or two from its target says little without it. Seeded: the same timings give
-    the same interval."""
+    point or two from its target says little without it. Repetitions of one process share
+    its memory layout, and whole processes were seen to differ by a few percent in the
+    same ratio (0.96-1.01 for robustopt/hand in four processes), so with ``groups`` (the
+    process of each value) whole processes are resampled, then their repetitions.
+    Seeded: the same timings give the same interval."""
     rng = random.Random(seed)
-    n = len(values)
-    meds = sorted(statistics.median(rng.choices(values, k=n)) for _ in range(resamples))
+    clusters: dict[int, list[float]] = {}
+    for g, v in zip(groups or [0] * len(values), values, strict=True):
+        clusters.setdefault(g, []).append(v)
+    members = list(clusters.values())
+    meds = []
+    for _ in range(resamples):
+        picked = members if len(members) == 1 else rng.choices(members, k=len(members))
+        pooled = [v for c in picked for v in rng.choices(c, k=len(c))]
+        meds.append(statistics.median(pooled))
+    meds.sort()
     return meds[int(0.025 * resamples)], meds[min(resamples - 1, int(0.975 * resamples))]
 
 
@@ -325,8 +357,12 @@ def verdicts(results: dict[str, dict]) -> list[str]:
                 continue
             ok = "met" if r["median"] >= target else "MISSED"
             lo, hi = r["ci95"]
+            procs = r.get("per_process_median", [])
+            per_proc = ("; per process " + " ".join(f"{v:.3f}" for v in procs)
+                        if len(procs) > 1 else "")
             parts.append(f"{key} {r['median']:.3f} (95% CI {lo:.3f}-{hi:.3f}; per rep "
-                         f"{r['min']:.3f}-{r['max']:.3f}) (target >= {target:.2f}: {ok})")
+                         f"{r['min']:.3f}-{r['max']:.3f}{per_proc}) (target >= {target:.2f}: "
+                         f"{ok})")
         lines.append(f"{name}: " + "; ".join(parts))
         own = rat.get("robustopt/robustopt_search")
         if own is not None:
@@ -366,6 +402,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                    help="tuned (default): robustopt.keep_freed_memory(), as the robustopt "
                    "command does, for every method alike; default: glibc's own settings")
+    p.add_argument("--processes", type=int, default=1,
+                   help="run the repetitions in this many fresh processes, one after another "
+                   "(--reps each), and pool them: a process's memory layout can favour one "
+                   "method by a few percent for all its repetitions (default 1)")
     p.add_argument("--report", type=Path, metavar="JSON",
                    help="measure nothing: re-print the table and verdicts (with confidence "
                    "intervals) from a JSON this script wrote")
@@ -373,8 +413,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="JSON file for all raw timings (default results/attack_throughput.json)")
     args = p.parse_args(argv)
     if args.batch < 1 or args.steps < 1 or args.warmup_steps < 1 or (
-            args.reps is not None and args.reps < 1):
-        p.error("--batch, --steps, --warmup-steps and --reps must be >= 1")
+            args.reps is not None and args.reps < 1) or args.processes < 1:
+        p.error("--batch, --steps, --warmup-steps, --reps and --processes must be >= 1")
     return args
 
 
@@ -382,16 +422,57 @@ def report(path: Path) -> int:
     """Re-derive the table and the verdicts from saved raw timings."""
     results = json.loads(path.read_text())["results"]
     for res in results.values():
-        for r in res["ratios"].values():
-            if r is not None:
-                r["ci95"] = median_ci95(r["per_rep"])
-    reps = ", ".join(f"{name}: {res['reps']} reps" for name, res in results.items())
+        res.setdefault("process_per_rep", [0] * len(next(iter(res["seconds_per_call"].values()))))
+        add_summaries(res)
+    reps = ", ".join(f"{name}: {res['reps']} reps in {len(set(res['process_per_rep']))} "
+                     f"process(es)" for name, res in results.items())
     print(f"from {path} ({reps})")
     print(table(results))
     print()
     for line in verdicts(results):
         print(line)
     return 0
+
+
+def _without(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag`` and its value (``--flag V`` or ``--flag=V``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
+
+
+def run_in_processes(args: argparse.Namespace, argv: list[str]) -> dict[str, dict]:
+    """Run this benchmark in ``args.processes`` fresh processes, one after another, and
+    pool their repetitions per model (each tagged with its process)."""
+    base = _without(_without(argv, "--processes"), "--out")
+    pooled: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(args.processes):
+            out = Path(tmp) / f"process{k}.json"
+            log(f"process {k + 1}/{args.processes}")
+            cmd = [sys.executable, str(Path(__file__).resolve()), *base, "--out", str(out)]
+            done = subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"process {k + 1} of the benchmark failed (exit code "
+                                 f"{done.returncode}); its messages are above")
+            for name, res in json.loads(out.read_text())["results"].items():
+                if name not in pooled:
+                    pooled[name] = {**res, "reps": 0, "order_per_rep": [],
+                                    "seconds_per_call": {m: [] for m in res["seconds_per_call"]},
+                                    "process_per_rep": []}
+                dst = pooled[name]
+                dst["reps"] += res["reps"]
+                dst["order_per_rep"] += res["order_per_rep"]
+                dst["process_per_rep"] += [k] * res["reps"]
+                for m, ts in res["seconds_per_call"].items():
+                    dst["seconds_per_call"][m] += ts
+    return {name: add_summaries(res) for name, res in pooled.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,21 +498,27 @@ def main(argv: list[str] | None = None) -> int:
           + (", --quick" if args.quick else ""))
     print(flush=True)
 
-    results: dict[str, dict] = {}
     t_start = time.perf_counter()
-    for name in args.models:
-        case = CASES[name]
-        reps = args.reps or (case.quick_reps if args.quick else case.reps)
-        results[name] = bench_case(name, case, batch=args.batch, steps=args.steps, reps=reps,
-                                   warmup_steps=args.warmup_steps, torchattacks=torchattacks,
-                                   seed=args.seed)
+    if args.processes > 1:
+        results = run_in_processes(args, argv if argv is not None else sys.argv[1:])
+    else:
+        results = {}
+        for name in args.models:
+            case = CASES[name]
+            reps = args.reps or (case.quick_reps if args.quick else case.reps)
+            results[name] = bench_case(name, case, batch=args.batch, steps=args.steps,
+                                       reps=reps, warmup_steps=args.warmup_steps,
+                                       torchattacks=torchattacks, seed=args.seed)
     meta["wall_seconds"] = time.perf_counter() - t_start
+    meta["processes"] = args.processes
     meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
     print(table(results))
     print()
     print("ex-st/s: examples x PGD steps per second, median over repetitions; ratios: median "
-          "of per-repetition ratios (ro = robustopt, ta = torchattacks).")
+          "of per-repetition ratios (ro = robustopt, ta = torchattacks)"
+          + (f", pooled over {args.processes} processes run one after another."
+             if args.processes > 1 else "."))
     print("every method returns the points and the per-example verdict (hand and torchattacks "
           "end with one no-grad forward for it); robustopt also validates its input, tracks "
           "the best iterate and checks every point against the threat set.")
