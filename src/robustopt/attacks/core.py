@@ -101,7 +101,8 @@ def loss_and_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss_f
             raise InputError("the model's output does not depend differentiably on its input "
                              "(no_grad or detach inside forward): use a gradient-free attack "
                              "such as square")
-        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        # the per-example losses' gradient with unit weights: loss.sum()'s, without the sum
+        (grad,) = torch.autograd.grad(loss, x_adv, grad_outputs=torch.ones_like(loss))
     # A NaN gradient (a model that is NaN/inf on some inputs) makes NaN iterates; finalize
     # reports those as a model problem rather than scrubbing every gradient in the hot loop.
     return loss.detach(), logits.detach().float(), grad
@@ -168,11 +169,12 @@ def _ascend_tracked(model: nn.Module, cur: torch.Tensor, x0: torch.Tensor, y0: t
     buf = torch.empty((slots * m, *cur.shape[1:]), dtype=cur.dtype, device=cur.device,
                       memory_format=torch.channels_last if channels_last
                       else torch.contiguous_format).unflatten(0, (slots, m))
-    buf[0].copy_(cur)
+    slot_views = buf.unbind(0)  # one op for all slots, not an indexing op per step
+    slot_views[0].copy_(cur)
     best: Perturbation | None = None
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss, logits) of buffered iterates
     for t in range(steps + 1):
-        xa = buf[len(pending)]
+        xa = slot_views[len(pending)]
         need_grad = t < steps
         loss, logits, grad = loss_and_grad(model, xa, y0, loss_fn, t0, need_grad=need_grad,
                                            autocast=autocast)
@@ -181,7 +183,7 @@ def _ascend_tracked(model: nn.Module, cur: torch.Tensor, x0: torch.Tensor, y0: t
             best = _merge_buffered(best, buf, pending, y0, t0)
             pending = []
         if need_grad:
-            threat.step_(xa, x0, grad, step_size, bounds, out=buf[len(pending)])
+            threat.step_(xa, x0, grad, step_size, bounds, out=slot_views[len(pending)])
     assert best is not None
     # Logits from a reduced-precision search are not a verdict: finalize recomputes them.
     return best if autocast is None else Perturbation(best.x_adv, best.loss, best.success)
@@ -335,6 +337,8 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMo
                                  track_best=track_best, stop_on_success=stop_on_success,
                                  generator=generator, autocast=autocast))
         done += r
+    if len(picked) == 1 and restarts == 1:  # one start: its tracked best is the answer
+        return picked[0]
     xs = torch.cat([p.x_adv.view(-1, n, *x.shape[1:]) for p in picked])
     if picked[0].loss is None:
         return Perturbation(xs[0], None, None)
