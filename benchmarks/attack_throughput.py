@@ -382,7 +382,9 @@ def verdicts(results: dict[str, dict]) -> list[str]:
 # --------------------------------------------------------------------------- main
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    # allow_abbrev=False: run_in_processes strips --processes by its full name, and a child
+    # that still saw an abbreviation of it would start processes of its own, without end
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="few repetitions (checks that everything runs; timings are rough)")

@@ -384,6 +384,8 @@ def test_contains_flags_each_violation():
     assert L2Ball(0.1).contains(z, x).tolist() == expected
     # a ball wider than the box: only the box (and finiteness) can reject
     assert LinfBall(1.0).contains(z, x).tolist() == [True, False, False, True, True, False, False]
+    empty = torch.zeros(2, 0, 3, 3)  # no coordinates: vacuously inside (the L2 norm is 0)
+    assert L2Ball(0.1).contains(empty, empty).tolist() == [True, True]
 
 
 def test_distance_per_example():

@@ -114,7 +114,10 @@ class ThreatModel(ABC):
         # Per-row min and max propagate NaN (every comparison with it is False) and see
         # +-inf outside the box, so this one test is "finite and in the box" in two cheap
         # reductions rather than an isfinite pass and two comparison passes.
-        in_box = (flat.amin(dim=1) >= 0) & (flat.amax(dim=1) <= 1)
+        if flat.shape[1] == 0:  # no coordinates: vacuously in the box (amin needs one)
+            in_box = torch.ones(flat.shape[0], dtype=torch.bool, device=flat.device)
+        else:
+            in_box = (flat.amin(dim=1) >= 0) & (flat.amax(dim=1) <= 1)
         # float32 rounding of a norm over many pixels grows with eps: allow 1e-5 relative
         near = self.distance(x_adv.float(), x.float()) <= self.eps * (1 + 1e-5) + atol
         return in_box & near
