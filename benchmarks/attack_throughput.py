@@ -31,6 +31,7 @@ ratios are medians of per-repetition ratios. Raw per-repetition timings go to a 
     python benchmarks/attack_throughput.py --quick    # fewer repetitions, to check it works
     python benchmarks/attack_throughput.py --models small-mnist --reps 40 --processes 6
     python benchmarks/attack_throughput.py --report results/attack_throughput_small_reps200.json
+    python benchmarks/attack_throughput.py --report RUN1.json RUN2.json   # pooled
 """
 
 from __future__ import annotations
@@ -408,9 +409,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run the repetitions in this many fresh processes, one after another "
                    "(--reps each), and pool them: a process's memory layout can favour one "
                    "method by a few percent for all its repetitions (default 1)")
-    p.add_argument("--report", type=Path, metavar="JSON",
+    p.add_argument("--report", type=Path, nargs="+", metavar="JSON",
                    help="measure nothing: re-print the table and verdicts (with confidence "
-                   "intervals) from a JSON this script wrote")
+                   "intervals) from JSON files this script wrote, pooled if several")
     p.add_argument("--out", type=Path, default=Path("results/attack_throughput.json"),
                    help="JSON file for all raw timings (default results/attack_throughput.json)")
     args = p.parse_args(argv)
@@ -420,20 +421,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def report(path: Path) -> int:
-    """Re-derive the table and the verdicts from saved raw timings."""
-    results = json.loads(path.read_text())["results"]
-    for res in results.values():
-        res.setdefault("process_per_rep", [0] * len(next(iter(res["seconds_per_call"].values()))))
-        add_summaries(res)
+def report(paths: list[Path]) -> int:
+    """Re-derive the table and the verdicts from saved raw timings; several files (runs of
+    the same code and settings) are pooled, each of their processes kept apart."""
+    results = pool([json.loads(path.read_text())["results"] for path in paths])
     reps = ", ".join(f"{name}: {res['reps']} reps in {len(set(res['process_per_rep']))} "
                      f"process(es)" for name, res in results.items())
-    print(f"from {path} ({reps})")
+    print(f"from {', '.join(map(str, paths))} ({reps})")
     print(table(results))
     print()
     for line in verdicts(results):
         print(line)
     return 0
+
+
+def pool(runs: list[dict[str, dict]]) -> dict[str, dict]:
+    """One result per model from several runs' ``results``, every repetition tagged with a
+    process number unique across the runs (files from before ``--processes`` count as one
+    process)."""
+    pooled: dict[str, dict] = {}
+    next_process = 0
+    for results in runs:
+        first = next_process
+        for name, res in results.items():
+            n = len(next(iter(res["seconds_per_call"].values())))
+            procs = [first + g for g in res.get("process_per_rep", [0] * n)]
+            next_process = max(next_process, max(procs) + 1)
+            if name not in pooled:
+                pooled[name] = {**res, "reps": 0, "order_per_rep": [], "process_per_rep": [],
+                                "seconds_per_call": {m: [] for m in res["seconds_per_call"]}}
+            dst = pooled[name]
+            if (dst["input_shape"], dst["steps"]) != (res["input_shape"], res["steps"]) or set(
+                    dst["seconds_per_call"]) != set(res["seconds_per_call"]):
+                raise SystemExit(f"{name}: the runs differ in batch, steps or methods; pool "
+                                 "only runs of the same settings")
+            dst["reps"] += res["reps"]
+            dst["order_per_rep"] += res["order_per_rep"]
+            dst["process_per_rep"] += procs
+            for m, ts in res["seconds_per_call"].items():
+                dst["seconds_per_call"][m] += ts
+    return {name: add_summaries(res) for name, res in pooled.items()}
 
 
 def _without(argv: list[str], flag: str) -> list[str]:
@@ -453,7 +480,7 @@ def run_in_processes(args: argparse.Namespace, argv: list[str]) -> dict[str, dic
     """Run this benchmark in ``args.processes`` fresh processes, one after another, and
     pool their repetitions per model (each tagged with its process)."""
     base = _without(_without(argv, "--processes"), "--out")
-    pooled: dict[str, dict] = {}
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.processes):
             out = Path(tmp) / f"process{k}.json"
@@ -463,18 +490,8 @@ def run_in_processes(args: argparse.Namespace, argv: list[str]) -> dict[str, dic
             if done.returncode != 0:
                 raise SystemExit(f"process {k + 1} of the benchmark failed (exit code "
                                  f"{done.returncode}); its messages are above")
-            for name, res in json.loads(out.read_text())["results"].items():
-                if name not in pooled:
-                    pooled[name] = {**res, "reps": 0, "order_per_rep": [],
-                                    "seconds_per_call": {m: [] for m in res["seconds_per_call"]},
-                                    "process_per_rep": []}
-                dst = pooled[name]
-                dst["reps"] += res["reps"]
-                dst["order_per_rep"] += res["order_per_rep"]
-                dst["process_per_rep"] += [k] * res["reps"]
-                for m, ts in res["seconds_per_call"].items():
-                    dst["seconds_per_call"][m] += ts
-    return {name: add_summaries(res) for name, res in pooled.items()}
+            runs.append(json.loads(out.read_text())["results"])
+    return pool(runs)
 
 
 def main(argv: list[str] | None = None) -> int:
