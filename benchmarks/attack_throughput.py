@@ -191,9 +191,10 @@ def build_calls(case: Case, batch: int, steps: int, torchattacks: types.ModuleTy
 
 
 def bench_case(name: str, case: Case, *, batch: int, steps: int, reps: int, warmup_steps: int,
-               torchattacks: types.ModuleType | None, seed: int) -> dict:
+               torchattacks: types.ModuleType | None, seed: int,
+               only: tuple[str, ...] = METHODS) -> dict:
     calls, models, x = build_calls(case, batch, steps, torchattacks, seed)
-    methods = [m for m in METHODS if m in calls]
+    methods = [m for m in METHODS if m in calls and m in only]
     log(f"[{name}] warm-up ({warmup_steps} step(s), full batch) and feasibility check")
     forwards: dict[str, list[int]] = {}
     for m in methods:
@@ -405,6 +406,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--malloc", choices=("tuned", "default"), default="tuned",
                    help="tuned (default): robustopt.keep_freed_memory(), as the robustopt "
                    "command does, for every method alike; default: glibc's own settings")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                   help="methods to time (default: all; 'hand' is always timed, as every "
+                   "ratio's reference); fewer makes a slow model's repetition cheaper")
     p.add_argument("--processes", type=int, default=1,
                    help="run the repetitions in this many fresh processes, one after another "
                    "(--reps each), and pool them: a process's memory layout can favour one "
@@ -415,6 +419,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("results/attack_throughput.json"),
                    help="JSON file for all raw timings (default results/attack_throughput.json)")
     args = p.parse_args(argv)
+    if "hand" not in args.methods:
+        args.methods = ["hand", *args.methods]  # extra_forward_rows compares with it
     if args.batch < 1 or args.steps < 1 or args.warmup_steps < 1 or (
             args.reps is not None and args.reps < 1) or args.processes < 1:
         p.error("--batch, --steps, --warmup-steps, --reps and --processes must be >= 1")
@@ -527,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
             reps = args.reps or (case.quick_reps if args.quick else case.reps)
             results[name] = bench_case(name, case, batch=args.batch, steps=args.steps,
                                        reps=reps, warmup_steps=args.warmup_steps,
-                                       torchattacks=torchattacks, seed=args.seed)
+                                       torchattacks=torchattacks, seed=args.seed,
+                                       only=tuple(args.methods))
     meta["wall_seconds"] = time.perf_counter() - t_start
     meta["processes"] = args.processes
     meta["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
