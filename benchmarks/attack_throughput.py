@@ -254,16 +254,21 @@ def add_summaries(result: dict) -> dict:
             ratios[key] = None
             continue
         per_rep = [tb / ta for ta, tb in zip(timings[a], timings[b], strict=True)]
-        by_process: dict[int, list[float]] = {}
-        for g, r in zip(groups, per_rep, strict=True):
-            by_process.setdefault(g, []).append(r)
         ratios[key] = {"median": statistics.median(per_rep),
                        "ci95": median_ci95(per_rep, groups),
                        "min": min(per_rep), "max": max(per_rep), "per_rep": per_rep,
                        "per_process_median": [statistics.median(v)
-                                              for _, v in sorted(by_process.items())]}
+                                              for v in by_group(per_rep, groups)]}
     result["ratios"] = ratios
     return result
+
+
+def by_group(values: list[float], groups: list[int] | None) -> list[list[float]]:
+    """``values`` split by their group (process), in group order; one group if None."""
+    split: dict[int, list[float]] = {}
+    for g, v in zip(groups or [0] * len(values), values, strict=True):
+        split.setdefault(g, []).append(v)
+    return [split[g] for g in sorted(split)]
 
 
 def median_ci95(values: list[float], groups: list[int] | None = None, resamples: int = 2000,
@@ -272,15 +277,12 @@ def median_ci95(values: list[float], groups: list[int] | None = None, resamples:
 
     Per-repetition ratios on a shared 2-core machine spread over +-25%, so a median a
     point or two from its target says little without it. Repetitions of one process share
-    its memory layout, and whole processes were seen to differ by a few percent in the
-    same ratio (0.96-1.01 for robustopt/hand in four processes), so with ``groups`` (the
-    process of each value) whole processes are resampled, then their repetitions.
-    Seeded: the same timings give the same interval."""
+    its memory layout, and whole processes differ by a few percent in the same ratio
+    (robustopt/hand 0.936-1.006 over six, ``results/attack_throughput_small_6proc.txt``),
+    so with ``groups`` (the process of each value) whole processes are resampled, then
+    their repetitions. Seeded: the same timings give the same interval."""
     rng = random.Random(seed)
-    clusters: dict[int, list[float]] = {}
-    for g, v in zip(groups or [0] * len(values), values, strict=True):
-        clusters.setdefault(g, []).append(v)
-    members = list(clusters.values())
+    members = by_group(values, groups)
     meds = []
     for _ in range(resamples):
         picked = members if len(members) == 1 else rng.choices(members, k=len(members))

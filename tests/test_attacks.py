@@ -763,3 +763,20 @@ def test_error_messages_name_the_problem(mnist_model, batch):
     neg[3, 0, 9, 9] = -0.25
     msg = _expect_input_error(lambda: pgd(mnist_model, neg, y, LinfBall(0.1)))
     assert "[-0.25" in msg and "outside [0, 1]" in msg
+
+
+@pytest.mark.parametrize(("loss", "targeted"), [("ce", False), ("ce", True), ("margin", False),
+                                                ("dlr", True)])
+def test_input_gradient_is_the_summed_loss_gradient_exactly(loss, targeted):
+    """The core's gradient is that of the summed per-example loss, to the last bit: training
+    runs (and ``--restore``) depend on it not drifting."""
+    model = tiny_model(1, 28, 28, 10, seed=3).eval()
+    g = _gen(4)
+    x = torch.rand(16, 1, 28, 28, generator=g)
+    y = torch.randint(0, 10, (16,), generator=g)
+    target = (y + 1) % 10 if targeted else None
+    loss_fn = get_loss(loss)
+    _, _, grad = core.loss_and_grad(model, x, y, loss_fn, target)
+    xr = x.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(loss_fn(model(xr), y, target).sum(), xr)
+    assert torch.equal(grad, expected)
