@@ -384,3 +384,49 @@ def test_float64_inputs_keep_their_dtype():
         res = square(model, x, y, threat, queries=10, generator=gen(0))
         assert res.x_adv.dtype == torch.float64
         assert bool(threat.contains(res.x_adv, x).all())
+
+
+# ------------------------------------------------------------------ reduced precision
+
+
+class Tie(nn.Module):
+    """Logits (1, 1 + 2^-10) for every input: class 1 in float32, a tie that argmax gives
+    to class 0 in bfloat16, whose spacing near 1 is 2^-7."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(16, 2)
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.bias.copy_(torch.tensor([1.0, 1.0 + 2 ** -10]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.flatten(1))
+
+
+def test_bf16_success_counts_only_once_float32_confirms_it():
+    model = Tie().eval()
+    x = torch.rand(4, 1, 4, 4, generator=gen(0))
+    y = torch.ones(4, dtype=torch.long)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        assert bool((model(x).argmax(1) != y).all()), "the model must fool bfloat16"
+    res = square(model, x, y, LinfBall(0.1), queries=20, autocast=torch.bfloat16,
+                 generator=gen(1))
+    assert not bool(res.success.any())
+    assert bool((res.queries == 20).all()), "an example was dropped on a bf16 verdict"
+    assert bool((res.broken_at == -1).all())
+
+
+def test_bf16_square_breaks_the_mnist_model_like_float32(mnist):
+    model, x, y, clean = mnist
+    guarded = Guarded(model)
+    res = square(guarded, x, y, LinfBall(0.3), queries=300, autocast=torch.bfloat16,
+                 generator=gen(1))
+    ref = square(model, x, y, LinfBall(0.3), queries=300, generator=gen(1))
+    assert bool(LinfBall(0.3).contains(res.x_adv, x).all())
+    with torch.no_grad():  # every success is a float32 success of the returned point
+        assert bool((model(res.x_adv).argmax(1) != y)[res.success].all())
+    assert abs(int(res.success.sum()) - int(ref.success.sum())) <= 0.05 * x.shape[0]
+    assert guarded.calls >= res.passes  # confirmations are passes too
+    with pytest.raises(InputError):
+        square(model, x[:2], y[:2], LinfBall(0.3), autocast="bf16")  # type: ignore[arg-type]

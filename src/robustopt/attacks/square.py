@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import InputError
 from ..losses import LossFn, get_loss
 from ..threat import L2Ball, LinfBall, ThreatModel
-from .core import AttackResult, eval_mode, finalize, goal_met, prepare
+from .core import AttackResult, _autocast, eval_mode, finalize, goal_met, prepare
 
 P_INIT = 0.8  # AutoAttack's value for both L-inf and L2 (autoattack/autoattack.py)
 _HALVE_AFTER = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # of a 10,000-query run
@@ -292,19 +292,35 @@ _METHODS = {"linf": (_linf_init, _linf_propose), "l2": (_l2_init, _l2_propose)}
 
 
 class _Oracle:
-    """The model as a black box: per-example objective and verdict, passes counted."""
+    """The model as a black box: per-example objective and verdict, passes counted.
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, max_batch: int) -> None:
+    With ``autocast`` the queries run in that reduced precision, and every success it
+    reports is re-queried in float32 before it counts: an example is never dropped from
+    the search on a verdict that float32 would overturn.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, max_batch: int,
+                 autocast: torch.dtype | None = None) -> None:
         self.model, self.loss_fn, self.max_batch = model, loss_fn, max_batch
+        self.autocast = autocast
         self.passes = 0
+
+    def _logits(self, xs: torch.Tensor, autocast: torch.dtype | None) -> torch.Tensor:
+        outs = []
+        with _autocast(xs, autocast):
+            for chunk in xs.split(self.max_batch):
+                outs.append(self.model(chunk))
+                self.passes += 1
+        return (outs[0] if len(outs) == 1 else torch.cat(outs)).float()
 
     def __call__(self, xs: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        outs = []
-        for chunk in xs.split(self.max_batch):
-            outs.append(self.model(chunk))
-            self.passes += 1
-        logits = (outs[0] if len(outs) == 1 else torch.cat(outs)).float()
+        logits = self._logits(xs, self.autocast)
+        if self.autocast is not None:
+            claimed = goal_met(logits, y, target).nonzero().squeeze(1)
+            if claimed.numel():
+                logits = logits.clone()
+                logits[claimed] = self._logits(xs[claimed], None)
         ok = torch.isfinite(logits).all(dim=1)  # a NaN logit must not count as a success
         loss = self.loss_fn(logits, y, target).float()
         loss = torch.where(ok & ~loss.isnan(), loss, torch.full_like(loss, float("-inf")))
@@ -421,7 +437,8 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
            queries: int = 5000, p_init: float | None = None, restarts: int = 1,
            loss: str | LossFn = "margin", target: torch.Tensor | None = None,
            stop_on_success: bool = True, generator: torch.Generator | None = None,
-           max_batch: int = 8192, rescale_schedule: bool = True) -> SquareResult:
+           max_batch: int = 8192, rescale_schedule: bool = True,
+           autocast: torch.dtype | None = None) -> SquareResult:
     """Square attack: score-based random search over square patches, with no gradients.
 
     ``threat`` is a :class:`LinfBall` or an :class:`L2Ball`. ``queries`` is the query budget
@@ -440,10 +457,19 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
     point is never worse than it by (goal met, loss). The model only runs under
     ``torch.no_grad``; ``max_batch`` bounds the rows of one forward pass and draws nothing,
     so it changes no random choice.
+
+    ``autocast`` (``torch.bfloat16`` or ``torch.float16``) runs the queries in reduced
+    precision, for speed on hardware that has it (CPUs with AVX-512 BF16, GPUs). A
+    success is only counted once a float32 query confirms it (those confirmations add to
+    ``passes``, not to ``queries``), and the returned verdicts are float32 as always; the
+    acceptance of proposals does use the reduced-precision loss. Whether that weakens the
+    search is measured by ``benchmarks/square_precision.py``, not assumed.
     """
     if not isinstance(threat, (LinfBall, L2Ball)):
         raise InputError(f"the Square attack supports LinfBall and L2Ball, got "
                          f"{type(threat).__name__}")
+    if autocast not in (None, torch.bfloat16, torch.float16):
+        raise InputError(f"autocast is torch.bfloat16, torch.float16 or None, got {autocast!r}")
     queries = _count("queries", queries)
     restarts = _count("restarts", restarts)
     max_batch = _count("max_batch", max_batch)
@@ -452,7 +478,7 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
     n = x.shape[0]
     with eval_mode(model), torch.no_grad():
         prepare(model, x, y, target)  # in eval mode: the check must not move BatchNorm stats
-        oracle = _Oracle(model, loss_fn, max_batch)
+        oracle = _Oracle(model, loss_fn, max_batch, autocast)
         ledger = _Ledger(n, x.device)
         everyone = torch.arange(n, device=x.device)
         best_loss, best_success = oracle(x, y, target)
