@@ -1,10 +1,10 @@
 """Does bfloat16 weaken the Square attack? Float32 and bf16 runs on the same points, paired.
 
-Square's queries are forward passes only, so on a CPU with AVX-512 BF16 they can run under
-bfloat16 autocast (``square(..., autocast=torch.bfloat16)``, suite field
-``"precision": "bf16"``). Every success is confirmed in float32 and every verdict is
-float32, so bf16 cannot overstate the attack; it could still weaken the search, because
-proposals are accepted on the bf16 loss. This measures that on a published evaluation:
+Square's queries are forward passes only, so on a CPU with AVX-512 BF16 they can run
+under bfloat16 autocast (``square(..., autocast=torch.bfloat16)``). Every success is
+confirmed in float32 and every verdict is float32, so bf16 cannot overstate the attack; it
+could still weaken the search, because proposals are accepted on the bf16 loss. This
+measures that on a published evaluation:
 
 * a random sample of the points it left standing, attacked by Square under each
   precision and each ``--seeds`` seed (same budget as the re-check: margin loss,
@@ -13,16 +13,12 @@ proposals are accepted on the bf16 loss. This measures that on a published evalu
   attack: a point breaks at loss > 0). Then, per seed, the mean paired difference
   bf16 - float32 with a bootstrap 95% interval, next to the same difference between two
   float32 seeds: how much the loss moves with nothing but the random draws changed;
-* optionally (``--known``) the points an earlier re-check broke: the hard cases that only
+* optionally (``--known``) the points earlier re-checks broke: the hard cases that only
   a strong black-box search finds, each attacked under both precisions and every seed.
 
-    python benchmarks/square_precision.py \\
-        --eval results/headline_shards/mnist-best-seed2.eval.json \\
-        --model results/runs/mnist-best-seed2 --from 0 --to 4000 --sample 300 \\
-        --known results/recheck/mnist-best-seed2-square10k-seed1-*-*000.json \\
-        --out results/square_precision_mnist-best-seed2.json
-
-Run it alone on the machine: it times the attacks.
+Its run on mnist-best seed 2 (the command in benchmarks/README.md) found bf16 2.49x faster
+and measurably weaker, so the evaluator keeps Square in float32. Run it alone on the
+machine: it times the attacks.
 """
 
 from __future__ import annotations

@@ -408,21 +408,6 @@ def test_bad_input_is_one_line_error(model, xy, case, match):
     assert "\n" not in str(err.value)
 
 
-def test_bf16_square_in_a_suite(model, xy):
-    x, y = xy
-    spec = AttackSpec("square", "margin", queries=100, precision="bf16")
-    assert spec.name == "square-100-bf16" and spec.to_dict()["precision"] == "bf16"
-    assert "precision" not in AttackSpec("square").to_dict()  # as files written before it
-    assert AttackSpec.from_dict(spec.to_dict()) == spec
-    r = evaluate(model, x, y, LinfBall(0.1), [spec], sanity=False, seed=1)
-    assert r.attacks[0].name == "square-100-bf16"
-    assert r.robust_accuracy <= r.clean_accuracy
-    for bad, match in ((dict(attack="pgd", precision="bf16"), "only offered for square"),
-                       (dict(attack="square", precision="fp16"), "precision must be")):
-        with pytest.raises(InputError, match=match):
-            AttackSpec(**bad)
-
-
 def test_bad_eps_is_refused(model, xy):
     with pytest.raises(RobustOptError, match="exceeds 1"):
         sweep(model, xy[0][:4], xy[1][:4], "linf", [0.1, 2.0], "quick")

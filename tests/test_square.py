@@ -417,16 +417,15 @@ def test_bf16_success_counts_only_once_float32_confirms_it():
     assert bool((res.broken_at == -1).all())
 
 
-def test_bf16_square_breaks_the_mnist_model_like_float32(mnist):
+def test_bf16_square_still_breaks_a_standard_model_with_float32_verdicts(mnist):
     model, x, y, clean = mnist
     guarded = Guarded(model)
     res = square(guarded, x, y, LinfBall(0.3), queries=300, autocast=torch.bfloat16,
                  generator=gen(1))
-    ref = square(model, x, y, LinfBall(0.3), queries=300, generator=gen(1))
     assert bool(LinfBall(0.3).contains(res.x_adv, x).all())
     with torch.no_grad():  # every success is a float32 success of the returned point
         assert bool((model(res.x_adv).argmax(1) != y)[res.success].all())
-    assert abs(int(res.success.sum()) - int(ref.success.sum())) <= 0.05 * x.shape[0]
-    assert guarded.calls >= res.passes  # confirmations are passes too
+    assert res.success[clean].float().mean().item() >= 0.9
+    assert guarded.calls == res.passes + 2  # confirmations are passes; + prepare, finalize
     with pytest.raises(InputError):
         square(model, x[:2], y[:2], LinfBall(0.3), autocast="bf16")  # type: ignore[arg-type]

@@ -198,8 +198,7 @@ def _run_spec(spec: AttackSpec, model: nn.Module, source: nn.Module | None, x: t
     elif a == "square":
         res = square(model, x, y, threat, queries=spec.queries, p_init=spec.p_init,
                      restarts=spec.restarts, loss=spec.loss, stop_on_success=chain,
-                     generator=gen(0), rescale_schedule=spec.rescale_schedule,
-                     autocast=torch.bfloat16 if spec.precision == "bf16" else None)
+                     generator=gen(0), rescale_schedule=spec.rescale_schedule)
         query = getattr(res, "broken_at", None)
         found.merge(everyone, res, y, query=query)
     elif a == "fgsm":

@@ -38,7 +38,6 @@ ATTACKS = ("pgd", "apgd", "apgd-t", "square", "fgsm", "transfer")
 LOSSES = ("ce", "margin", "dlr")
 SUITE_NAMES = ("quick", "standard", "strong")
 BUDGET_KEYS = ("steps", "restarts", "queries", "n_targets")
-PRECISIONS = ("fp32", "bf16")
 
 WHITE_BOX = ("pgd", "apgd", "apgd-t", "fgsm")
 ITERATIVE = ("pgd", "apgd", "apgd-t")
@@ -57,10 +56,7 @@ class AttackSpec:
     (clamped to classes - 1), for ``pgd`` a targeted attack towards each of the
     ``n_targets`` most likely wrong classes of the clean point (0: untargeted).
     ``queries``, ``p_init`` and ``rescale_schedule`` are Square's. ``sanity`` marks the
-    evaluator's own FGSM check. ``precision``: ``fp32`` or ``bf16`` (Square only: its
-    queries under bfloat16 autocast, every success confirmed in float32; see
-    ``benchmarks/square_precision.py`` for what it does to the attack's strength).
-    ``name`` defaults to a readable label.
+    evaluator's own FGSM check. ``name`` defaults to a readable label.
     """
 
     attack: str
@@ -74,7 +70,6 @@ class AttackSpec:
     rescale_schedule: bool = False
     random_start: bool = True
     sanity: bool = False
-    precision: str = "fp32"
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -101,12 +96,6 @@ class AttackSpec:
             raise InputError(f"{attack}: step is a fraction of eps in (0, 10], got {self.step!r}")
         if not 0 < float(self.p_init) <= 1:
             raise InputError(f"square: p_init must lie in (0, 1], got {self.p_init!r}")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"{attack}: precision must be one of {', '.join(PRECISIONS)}, "
-                             f"got {self.precision!r}")
-        if self.precision != "fp32" and attack != "square":
-            raise InputError(f"{attack}: precision {self.precision!r} is only offered for "
-                             f"square; drop it or use fp32")
         if not self.name:
             object.__setattr__(self, "name", self._default_name())
 
@@ -116,8 +105,7 @@ class AttackSpec:
         if a == "fgsm":
             return "fgsm" + ("" if self.loss == "ce" else f"-{self.loss}")
         if a == "square":
-            bf16 = "" if self.precision == "fp32" else f"-{self.precision}"
-            return f"square-{self.queries}" + runs + bf16
+            return f"square-{self.queries}" + runs
         if a == "apgd":
             return f"apgd-{self.loss}" + (f"-{self.steps}" if self.steps != 100 else "") + runs
         if a == "apgd-t":
@@ -175,10 +163,7 @@ class AttackSpec:
         return r * (self.steps + 1) + 2  # transfer
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        if d["precision"] == "fp32":  # as evaluations written before the field had it, so
-            del d["precision"]        # their shards still compare equal spec by spec
-        return d
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> AttackSpec:
