@@ -86,6 +86,29 @@ def parse_suite(text: str) -> list[AttackSpec]:
         raise SystemExit(f"--suite {text!r}: {err}") from None
 
 
+def read_rechecks(paths: list[Path], digest: str) -> dict:
+    """The test indices earlier re-checks (``--out`` files of this script) broke, with
+    their eps and dataset; one-line errors for other files or other weights."""
+    broken: set[int] = set()
+    eps, dataset = None, None
+    for path in paths:
+        try:
+            doc = json.loads(Path(path).read_text())
+            found = [int(i) for i in doc["broken"]]
+            piece = (doc["weights_sha256"], float(doc["eps"]), str(doc["dataset"]))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SystemExit(f"{path} is not a re-check written by recheck_eval.py --out "
+                             f"({type(err).__name__}: {err})") from None
+        if piece[0] != digest:
+            raise SystemExit(f"{path} re-checked other weights than the model given")
+        if eps is not None and piece[1:] != (eps, dataset):
+            raise SystemExit(f"{path} re-checked {piece[2]} at eps {piece[1]}, another file "
+                             f"{dataset} at eps {eps}: give re-checks of one evaluation")
+        eps, dataset = piece[1], piece[2]
+        broken.update(found)
+    return {"points": sorted(broken), "eps": eps, "dataset": dataset}
+
+
 def attack_theirs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                   args: argparse.Namespace) -> tuple[torch.Tensor, dict]:
     """torchattacks' APGD-CE, APGD-T and Square chained by its MultiAttack; judged here."""

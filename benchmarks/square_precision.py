@@ -24,17 +24,17 @@ machine: it times the attacks.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
-from recheck_eval import read_eval
+from recheck_eval import read_eval, read_rechecks
 
 import robustopt
 from robustopt.atomic import write_json_atomic
 from robustopt.attacks.square import square
+from robustopt.errors import RobustOptError
 from robustopt.modelfile import build_from_record, read_model_file, weights_sha256
 from robustopt.threat import LinfBall
 
@@ -73,14 +73,6 @@ def paired(a: list[float], b: list[float], reps: int = 2000, seed: int = 0
     return float(d.mean()), float(lo), float(hi)
 
 
-def known_breaks(paths: list[Path]) -> list[int]:
-    """Test indices that earlier re-checks (recheck_eval.py JSON) broke."""
-    found: set[int] = set()
-    for path in paths:
-        found.update(json.loads(path.read_text())["broken"])
-    return sorted(found)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--eval", type=Path, required=True, help="an eval.json robustopt wrote")
@@ -96,8 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    for name in ("sample", "queries", "batch_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error("--seeds must not repeat a seed")
+    try:
+        return measure(args, read_eval(args.eval))
+    except RobustOptError as err:  # a missing or foreign model file, missing data: one line
+        raise SystemExit(str(err)) from None
 
-    ev = read_eval(args.eval)
+
+def measure(args: argparse.Namespace, ev: dict) -> int:
     lo = ev["start"] if args.lo is None else args.lo
     hi = ev["stop"] if args.hi is None else args.hi
     if not ev["start"] <= lo < hi <= ev["stop"]:
@@ -107,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     if ev["digest"] and digest != ev["digest"]:
         raise SystemExit(f"{args.model} holds other weights than {args.eval} attacked")
     model = build_from_record(record, tensors, args.model, torch.device("cpu"))
-    x, y = robustopt.load_dataset(ev["dataset"], "test", args.data_dir).tensors(n=hi)
+    known = read_rechecks(args.known, digest)["points"] if args.known else []
+    data = robustopt.load_dataset(ev["dataset"], "test", args.data_dir)
+    x, y = data.tensors(n=max([hi, *(i + 1 for i in known)]))
     standing = torch.tensor(ev["robust"][lo - ev["start"]:hi - ev["start"]]).nonzero()
     standing = standing.flatten() + lo
     pick = torch.randperm(len(standing), generator=torch.Generator().manual_seed(0))
     idx = standing[pick[:args.sample].sort().values]
-    known = known_breaks(args.known)
     print(f"{args.eval}: {len(idx)} of the {len(standing)} points it left standing in "
           f"{lo}..{hi - 1}; Square-{args.queries}, seeds {args.seeds}, "
           f"{torch.get_num_threads()} threads", flush=True)

@@ -25,13 +25,15 @@ RECHECKS = REPO / "results" / "recheck"
 
 def _recorded(run: Path) -> dict[str, str]:
     """``file -> weights_sha256`` of every evaluation of the run: its own, the merged
-    10,000-image one and the re-checks (benchmarks/recheck_eval.py)."""
+    10,000-image one, the re-checks and the benchmarks that attacked its standing points."""
     found = evaluation_digests(run)
     merged = MERGED / f"{run.name}.eval.json"
     if merged.is_file():
         found[str(merged.relative_to(REPO))] = \
             json.loads(merged.read_text())["settings"]["weights_sha256"]
-    for path in sorted(RECHECKS.glob(f"{run.name}-*.json")):
+    others = sorted(RECHECKS.glob(f"{run.name}-*.json"))
+    others += sorted((REPO / "results").glob(f"square_precision_{run.name}.json"))
+    for path in others:
         doc = json.loads(path.read_text())
         if Path(doc.get("model", "")).name == run.name and "weights_sha256" in doc:
             found[str(path.relative_to(REPO))] = doc["weights_sha256"]
@@ -58,6 +60,7 @@ def test_kept_weights_are_the_ones_evaluated(run: Path) -> None:
     wrong = {name: d[:12] for name, d in evaluated.items() if d not in made.values()}
     assert not wrong, f"{run.name}: evaluations of other weights than the kept ones: {wrong}"
     default = json.loads((run / "model.json").read_text()).get("default_weights", "last")
+    assert default in made, f"{run.name}: its default weights ({default}) are not kept"
     assert all(d == made[default] for d in evaluated.values()), \
         f"{run.name}: an evaluation attacked the {set(made) - {default}} weights"
 

@@ -17,6 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from robustopt.attacks.apgd import apgd
+from robustopt.attacks.fgsm import fgsm
 from robustopt.attacks.pgd import pgd
 from robustopt.attacks.square import (
     SquareResult,
@@ -390,31 +392,54 @@ def test_float64_inputs_keep_their_dtype():
 
 
 class Tie(nn.Module):
-    """Logits (1, 1 + 2^-10) for every input: class 1 in float32, a tie that argmax gives
-    to class 0 in bfloat16, whose spacing near 1 is 2^-7."""
+    """Class 0 for rows whose first pixel is 1, which eps 0.1 cannot change; for the
+    others logits (1, 1 + 2^-10): class 1 in float32, a tie that argmax gives to class 0
+    in bfloat16, whose spacing near 1 is 2^-7."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.head = nn.Linear(16, 2)
+        self.head = nn.Linear(1, 2)
         with torch.no_grad():
-            self.head.weight.zero_()
+            self.head.weight.copy_(torch.tensor([[2.0], [0.0]]))
             self.head.bias.copy_(torch.tensor([1.0, 1.0 + 2 ** -10]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(x.flatten(1))
+        first = x.flatten(1)[:, :1]
+        return self.head((first > 0.5).to(x.dtype) + 0 * first)  # in the graph, gradient 0
 
 
-def test_bf16_success_counts_only_once_float32_confirms_it():
-    model = Tie().eval()
-    x = torch.rand(4, 1, 4, 4, generator=gen(0))
-    y = torch.ones(4, dtype=torch.long)
+def tie_rows() -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Tie model, 6 inputs of label 1, and which of them float32 misclassifies."""
+    x = torch.rand(6, 1, 4, 4, generator=gen(0)) * 0.3
+    real = torch.tensor([True, False, False, True, False, True])
+    x[real, 0, 0, 0] = 1.0
+    return Tie().eval(), x, torch.ones(6, dtype=torch.long), real
+
+
+def test_bf16_success_counts_only_once_full_precision_confirms_it():
+    model, x, y, real = tie_rows()
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
-        assert bool((model(x).argmax(1) != y).all()), "the model must fool bfloat16"
-    res = square(model, x, y, LinfBall(0.1), queries=20, autocast=torch.bfloat16,
-                 generator=gen(1))
-    assert not bool(res.success.any())
-    assert bool((res.queries == 20).all()), "an example was dropped on a bf16 verdict"
-    assert bool((res.broken_at == -1).all())
+        assert bool((model(x).argmax(1) != y).all()), "bfloat16 must misclassify every row"
+    with torch.no_grad():
+        assert torch.equal(model(x).argmax(1) != y, real)
+    # max_batch 1: the confirmations are split too; an outer autocast must not leak in
+    with torch.autocast("cpu", torch.bfloat16):
+        res = square(model, x, y, LinfBall(0.1), queries=20, autocast=torch.bfloat16,
+                     generator=gen(1), max_batch=1)
+    assert torch.equal(res.success, real)
+    assert res.queries.tolist() == [1 if r else 20 for r in real.tolist()]
+    assert res.broken_at.tolist() == [1 if r else -1 for r in real.tolist()]
+
+
+def test_verdicts_stay_full_precision_inside_a_callers_autocast():
+    model, x, y, real = tie_rows()
+    with torch.autocast("cpu", torch.bfloat16):
+        results = [square(model, x, y, LinfBall(0.1), queries=5, generator=gen(1)),
+                   pgd(model, x, y, LinfBall(0.1), steps=2, generator=gen(1)),
+                   fgsm(model, x, y, LinfBall(0.1)),
+                   apgd(model, x, y, LinfBall(0.1), steps=2, generator=gen(1))]
+    for res in results:
+        assert torch.equal(res.success, real)
 
 
 def test_bf16_square_still_breaks_a_standard_model_with_float32_verdicts(mnist):
@@ -423,8 +448,7 @@ def test_bf16_square_still_breaks_a_standard_model_with_float32_verdicts(mnist):
     res = square(guarded, x, y, LinfBall(0.3), queries=300, autocast=torch.bfloat16,
                  generator=gen(1))
     assert bool(LinfBall(0.3).contains(res.x_adv, x).all())
-    with torch.no_grad():  # every success is a float32 success of the returned point
-        assert bool((model(res.x_adv).argmax(1) != y)[res.success].all())
+    assert bool(((res.broken_at > 0) <= res.success).all()), "the search kept a bf16 claim"
     assert res.success[clean].float().mean().item() >= 0.9
     assert guarded.calls == res.passes + 2  # confirmations are passes; + prepare, finalize
     with pytest.raises(InputError):

@@ -83,6 +83,11 @@ def _autocast(x: torch.Tensor, dtype: torch.dtype | None) -> contextlib.Abstract
     return torch.autocast(device_type=x.device.type, dtype=dtype)
 
 
+def _reduced(x: torch.Tensor, dtype: torch.dtype | None) -> bool:
+    """Whether a search on ``x`` ran in reduced precision: its own or a caller's autocast."""
+    return dtype is not None or torch.is_autocast_enabled(x.device.type)
+
+
 def loss_and_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss_fn: LossFn,
                   target: torch.Tensor | None = None, *, need_grad: bool = True,
                   autocast: torch.dtype | None = None
@@ -186,7 +191,8 @@ def _ascend_tracked(model: nn.Module, cur: torch.Tensor, x0: torch.Tensor, y0: t
             threat.step_(xa, x0, grad, step_size, bounds, out=slot_views[len(pending)])
     assert best is not None
     # Logits from a reduced-precision search are not a verdict: finalize recomputes them.
-    return best if autocast is None else Perturbation(best.x_adv, best.loss, best.success)
+    return best if not _reduced(x0, autocast) else Perturbation(best.x_adv, best.loss,
+                                                                 best.success)
 
 
 def _merge_buffered(best: Perturbation | None, buf: torch.Tensor,
@@ -292,7 +298,7 @@ def _run_group(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: Threa
                     break
     # Logits from a reduced-precision search are not a verdict: finalize recomputes them.
     return Perturbation(best_x, best_loss, best_success,
-                        best_logits if autocast is None else None)
+                        None if _reduced(x, autocast) else best_logits)
 
 
 def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
@@ -379,7 +385,8 @@ def finalize(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Te
             f"> eps {threat.eps:g}); please report this bug"
         )
     if logits is None or logits.dtype != torch.float32 or not torch.equal(x_adv, searched):
-        with torch.no_grad():
+        # autocast off: the verdict stays full precision inside a caller's autocast too
+        with torch.no_grad(), torch.autocast(x_adv.device.type, enabled=False):
             logits = model(x_adv)
     logits = check_logits(logits, x.shape[0], "at the adversarial points").float()
     loss = loss_fn(logits, y, target)

@@ -6,7 +6,7 @@ be fixed cheaply; if only a big black-box budget does, re-checks stay expensive.
 attacks exactly those points with every attack of a suite, each on every point
 (``full_budget``: no chaining), and prints which attack broke which point.
 
-    python experiments/hard_points.py --model results/runs/mnist-best-seed2 \\
+    python benchmarks/hard_points.py --model results/runs/mnist-best-seed2 \\
         --known results/recheck/mnist-best-seed2-square10k-seed1-*000.json \\
         --suite strong --seeds 0 1 2 --out results/recheck/mnist-best-seed2-hard-points.json
 """
@@ -14,33 +14,19 @@ attacks exactly those points with every attack of a suite, each on every point
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+from recheck_eval import parse_suite, read_rechecks
 
 import robustopt
 from robustopt.atomic import write_json_atomic
-from robustopt.evaluate import SUITE_NAMES, evaluate, get_suite, read_suite_file
+from robustopt.errors import RobustOptError
+from robustopt.evaluate import evaluate
 from robustopt.modelfile import build_from_record, read_model_file, weights_sha256
 from robustopt.threat import LinfBall
-
-
-def known_points(paths: list[Path], digest: str) -> tuple[list[int], float, str]:
-    """Test indices the re-checks broke, their eps and dataset; refuses other weights."""
-    found: set[int] = set()
-    eps, dataset = None, None
-    for path in paths:
-        doc = json.loads(path.read_text())
-        if doc["weights_sha256"] != digest:
-            raise SystemExit(f"{path} re-checked other weights than the model given")
-        found.update(doc["broken"])
-        eps, dataset = doc["eps"], doc["dataset"]
-    if eps is None:
-        raise SystemExit("give at least one re-check JSON file with --known")
-    return sorted(found), float(eps), str(dataset)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,13 +38,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
-
-    record, tensors = read_model_file(args.model)
-    digest = weights_sha256(tensors)
-    model = build_from_record(record, tensors, args.model, torch.device("cpu"))
-    idx, eps, dataset = known_points(args.known, digest)
-    suite = get_suite(args.suite) if args.suite in SUITE_NAMES else read_suite_file(args.suite)
-    x, y = robustopt.load_dataset(dataset, "test", args.data_dir).tensors(n=max(idx) + 1)
+    suite = parse_suite(args.suite)
+    try:
+        record, tensors = read_model_file(args.model)
+        digest = weights_sha256(tensors)
+        model = build_from_record(record, tensors, args.model, torch.device("cpu"))
+        known = read_rechecks(args.known, digest)
+        idx, eps = known["points"], known["eps"]
+        if not idx:
+            raise SystemExit("the re-checks given broke no point: nothing to attack")
+        data = robustopt.load_dataset(known["dataset"], "test", args.data_dir)
+        x, y = data.tensors(n=max(idx) + 1)
+    except RobustOptError as err:  # a missing or foreign model file, missing data: one line
+        raise SystemExit(str(err)) from None
     x, y = x[idx], y[idx]
     print(f"{len(idx)} points the re-checks broke: {idx}; eps {eps}; suite {args.suite}; "
           f"each attack alone on every point", flush=True)
