@@ -724,6 +724,30 @@ def test_broken_model_raises_one_line_input_error(mnist_model, batch, attack, ba
                                            generator=_gen(0)))
 
 
+class _InputIgnored(nn.Module):
+    """Logits from trainable weights, with the input cut out of the graph (a detach or a
+    threshold in forward): the parameters require grad, the input gets none."""
+
+    def __init__(self, detach: bool) -> None:
+        super().__init__()
+        self.lin = nn.Linear(28 * 28, 10)
+        self.detach = detach
+
+    def forward(self, x):
+        x = x.flatten(1)
+        return self.lin(x.detach() if self.detach else (x > 0.5).to(x.dtype))
+
+
+@pytest.mark.parametrize("attack", ["fgsm", "fgsm_rs", "pgd"])
+@pytest.mark.parametrize("detach", [True, False])
+def test_input_outside_the_graph_raises_one_line_input_error(batch, attack, detach):
+    x, y = batch
+    model = _InputIgnored(detach).eval()
+    msg = _expect_input_error(lambda: run_attack(attack, model, x, y, LinfBall(0.1),
+                                                 generator=_gen(0)))
+    assert "square" in msg
+
+
 def test_transfer_broken_source_raises_input_error(mnist_model, batch):
     x, y = batch
     bad = _Fixed(BAD_MODELS["nan_logits"])

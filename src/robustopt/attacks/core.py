@@ -102,12 +102,13 @@ def loss_and_grad(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss_f
         with _autocast(x_adv, autocast):
             logits = model(x_adv)
         loss = loss_fn(logits, y, target)
-        if not loss.requires_grad:
-            raise InputError("the model's output does not depend differentiably on its input "
-                             "(no_grad or detach inside forward): use a gradient-free attack "
-                             "such as square")
         # the per-example losses' gradient with unit weights: loss.sum()'s, without the sum
-        (grad,) = torch.autograd.grad(loss, x_adv, grad_outputs=torch.ones_like(loss))
+        (grad,) = (torch.autograd.grad(loss, x_adv, grad_outputs=torch.ones_like(loss),
+                                       allow_unused=True) if loss.requires_grad else (None,))
+        if grad is None:
+            raise InputError("the model's output does not depend differentiably on its input "
+                             "(no_grad, detach or a threshold inside forward): use a "
+                             "gradient-free attack such as square")
     # A NaN gradient (a model that is NaN/inf on some inputs) makes NaN iterates; finalize
     # reports those as a model problem rather than scrubbing every gradient in the hot loop.
     return loss.detach(), logits.detach().float(), grad
