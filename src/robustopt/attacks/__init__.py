@@ -4,8 +4,10 @@ from .apgd import APGDResult, apgd, apgd_ce, apgd_t
 from .core import AttackResult, eval_mode, finalize, perturb
 from .fgsm import fgsm
 from .pgd import pgd
+from .smooth import smooth_backward, smoothed
 from .square import SquareResult, square
 from .transfer import transfer
 
 __all__ = ["APGDResult", "AttackResult", "apgd", "apgd_ce", "apgd_t", "eval_mode", "fgsm",
-           "finalize", "perturb", "pgd", "square", "SquareResult", "transfer"]
+           "finalize", "perturb", "pgd", "smooth_backward", "smoothed", "square", "SquareResult",
+           "transfer"]

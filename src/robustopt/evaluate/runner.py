@@ -42,6 +42,7 @@ from ..attacks.apgd import apgd
 from ..attacks.core import AttackResult, eval_mode
 from ..attacks.fgsm import fgsm
 from ..attacks.pgd import pgd
+from ..attacks.smooth import smooth_backward
 from ..attacks.square import square
 from ..attacks.transfer import transfer
 from ..errors import InputError
@@ -162,8 +163,19 @@ class _Found:
 
 def _run_spec(spec: AttackSpec, model: nn.Module, source: nn.Module | None, x: torch.Tensor,
               y: torch.Tensor, clean_logits: torch.Tensor, threat: ThreatModel,
-              classes: int, chain: bool, gen: Callable[[int], torch.Generator]) -> _Found:
-    """Run one attack on the rows ``x``; stop early per row when ``chain``."""
+              classes: int, chain: bool, gen: Callable[[int], torch.Generator],
+              grad_model: nn.Module | None = None) -> _Found:
+    """Run one attack on the rows ``x``; stop early per row when ``chain``.
+
+    ``grad_model``: a smoothed-backward copy of ``model`` (``spec.smooth``) that the
+    gradient attack searches on; its points are then judged on ``model``.
+    """
+    def white_box(fn: Callable[..., AttackResult], xs: torch.Tensor, ys: torch.Tensor,
+                  **kw) -> AttackResult:
+        if grad_model is None:
+            return fn(model, xs, ys, threat, **kw)
+        return transfer(grad_model, model, xs, ys, threat, attack=fn, **kw)
+
     found = _Found.start(x)
     m = x.shape[0]
     everyone = torch.arange(m, device=x.device)
@@ -183,17 +195,17 @@ def _run_spec(spec: AttackSpec, model: nn.Module, source: nn.Module | None, x: t
                 if rows.numel() == 0:
                     return found
                 tgt = None if ranked is None else ranked[rows, t]
-                res = pgd(model, x[rows], y[rows], threat, steps=spec.steps,
-                          step_size=step_size, restarts=1, loss=loss, target=tgt,
-                          random_start=spec.random_start, stop_on_success=chain,
-                          generator=gen(t * spec.restarts + r))
+                res = white_box(pgd, x[rows], y[rows], steps=spec.steps,
+                                step_size=step_size, restarts=1, loss=loss, target=tgt,
+                                random_start=spec.random_start, stop_on_success=chain,
+                                generator=gen(t * spec.restarts + r))
                 found.merge(rows, res, y[rows], restart=r, target=tgt)
     elif a in ("apgd", "apgd-t"):
         targeted = a == "apgd-t"
-        res = apgd(model, x, y, threat, steps=spec.steps, restarts=spec.restarts,
-                   loss=_loss_for(spec, classes, targeted),
-                   n_targets=spec.targets(classes) if targeted else None,
-                   stop_on_success=chain, generator=gen(0))
+        res = white_box(apgd, x, y, steps=spec.steps, restarts=spec.restarts,
+                        loss=_loss_for(spec, classes, targeted),
+                        n_targets=spec.targets(classes) if targeted else None,
+                        stop_on_success=chain, generator=gen(0))
         found.merge(everyone, res, y, target=getattr(res, "target", None) if targeted else None)
     elif a == "square":
         res = square(model, x, y, threat, queries=spec.queries, p_init=spec.p_init,
@@ -202,8 +214,8 @@ def _run_spec(spec: AttackSpec, model: nn.Module, source: nn.Module | None, x: t
         query = getattr(res, "broken_at", None)
         found.merge(everyone, res, y, query=query)
     elif a == "fgsm":
-        res = fgsm(model, x, y, threat, step_size=step_size, random_start=spec.random_start,
-                   loss=spec.loss, generator=gen(0))
+        res = white_box(fgsm, x, y, step_size=step_size, random_start=spec.random_start,
+                        loss=spec.loss, generator=gen(0))
         found.merge(everyone, res, y, step=1)
     else:  # transfer
         res = transfer(source, model, x, y, threat, attack=pgd, steps=spec.steps,
@@ -564,6 +576,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
         source = None
         if transfer_from is not None:
             source = _Counted(transfer_from)
+        # one smoothed-backward copy per sharpness, sharing the model's weights
+        smoothers = {s.smooth: _Counted(smooth_backward(model, s.smooth)) for s in specs
+                     if s.smooth is not None}
+
+        def passes() -> int:
+            return counted.count + sum(m.count for m in smoothers.values()) + (
+                source.count if source is not None else 0)
         clean_logits = _clean_pass(counted, x, batch_size)
         classes = clean_logits.shape[1]
         check_labels(y, n, classes)
@@ -608,13 +627,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
                 rows = pool[robust[lo:hi]] if chain else pool
                 if rows.numel() == 0:
                     continue
-                before = counted.count + (source.count if source is not None else 0)
+                before = passes()
                 t0 = time.perf_counter()
                 found = _run_spec(spec, counted, source, x[rows], y[rows], clean_logits[rows],
                                   threat, classes, chain,
-                                  lambda i, b=b, k=k: _generator(dev, seed, b, k, i))
+                                  lambda i, b=b, k=k: _generator(dev, seed, b, k, i),
+                                  smoothers.get(spec.smooth))
                 st.time_s += time.perf_counter() - t0
-                st.passes += counted.count + (source.count if source is not None else 0) - before
+                st.passes += passes() - before
                 st.attacked_mask[rows] = True
                 st.broke_mask[rows[found.broken]] = True
                 new = found.broken & robust[rows]

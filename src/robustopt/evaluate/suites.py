@@ -56,7 +56,11 @@ class AttackSpec:
     (clamped to classes - 1), for ``pgd`` a targeted attack towards each of the
     ``n_targets`` most likely wrong classes of the clean point (0: untargeted).
     ``queries``, ``p_init`` and ``rescale_schedule`` are Square's. ``sanity`` marks the
-    evaluator's own FGSM check. ``name`` defaults to a readable label.
+    evaluator's own FGSM check. ``smooth`` (gradient attacks only): take the gradients
+    through ReLUs whose backward pass is ``sigmoid(smooth * z)``
+    (:func:`robustopt.attacks.smooth_backward`), for models whose ReLU thresholds mask
+    plain gradients; the points are still judged by the model itself. ``name`` defaults to
+    a readable label.
     """
 
     attack: str
@@ -70,6 +74,7 @@ class AttackSpec:
     rescale_schedule: bool = False
     random_start: bool = True
     sanity: bool = False
+    smooth: float | None = None
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -96,10 +101,22 @@ class AttackSpec:
             raise InputError(f"{attack}: step is a fraction of eps in (0, 10], got {self.step!r}")
         if not 0 < float(self.p_init) <= 1:
             raise InputError(f"square: p_init must lie in (0, 1], got {self.p_init!r}")
+        if self.smooth is not None:
+            if attack not in WHITE_BOX:
+                raise InputError(f"{attack}: smooth applies to gradient attacks only "
+                                 f"({', '.join(WHITE_BOX)}); drop it from this spec")
+            if isinstance(self.smooth, bool) or not isinstance(self.smooth, (int, float)) \
+                    or not 0 < float(self.smooth) < float("inf"):
+                raise InputError(f"{attack}: smooth is the backward sharpness beta, a number "
+                                 f"> 0 (e.g. 10), got {self.smooth!r}")
         if not self.name:
             object.__setattr__(self, "name", self._default_name())
 
     def _default_name(self) -> str:
+        base = self._base_name()
+        return base if self.smooth is None else f"{base}-smooth{self.smooth:g}"
+
+    def _base_name(self) -> str:
         a = self.attack
         runs = f"x{self.restarts}" if self.restarts > 1 else ""
         if a == "fgsm":
@@ -152,12 +169,13 @@ class AttackSpec:
         search on the source plus a verification on each model.
         """
         a, r = self.attack, self.restarts
+        extra = 0 if self.smooth is None else 1  # the model's own verification
         if a == "fgsm":
-            return 2
+            return 2 + extra
         if a == "pgd":
-            return self.targets(classes) * r * (self.steps + 2)
+            return self.targets(classes) * r * (self.steps + 2 + extra)
         if a in ("apgd", "apgd-t"):
-            return 2 + self.targets(classes) * r * (self.steps + 1)
+            return 2 + extra + self.targets(classes) * r * (self.steps + 1)
         if a == "square":
             return 2 + r * (self.queries - 1)
         return r * (self.steps + 1) + 2  # transfer
