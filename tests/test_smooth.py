@@ -12,6 +12,8 @@ from robustopt.errors import InputError
 from robustopt.evaluate import AttackSpec, evaluate
 from robustopt.models import build_model
 from robustopt.threat import LinfBall
+from robustopt.train import TrainConfig
+from robustopt.train.adversary import adversarial_batch, search_model
 
 EPS = 0.3
 MNIST = {"mean": (0.1307,), "std": (0.3081,)}
@@ -120,3 +122,18 @@ def test_model_without_relu_modules_is_refused():
 def test_bad_smooth_spec_is_one_line_input_error(spec, word):
     with pytest.raises(InputError, match=word):
         AttackSpec.from_dict(spec)
+
+
+def test_training_adversary_searches_through_the_smoothed_copy():
+    model, (x, y) = threshold_model(), threshold_batch()
+    found = {}
+    for beta in (0.0, 10.0):
+        cfg = TrainConfig(adversary="pgd", eps=EPS, attack_steps=7, attack_step_size=0.1,
+                          attack_smooth=beta)
+        search = search_model(cfg, model)
+        assert (search is model) == (beta == 0)
+        x_adv = adversarial_batch(cfg, model, x, y, EPS, _gen(0), None, search)
+        assert LinfBall(EPS).contains(x_adv, x).all()
+        with torch.no_grad():
+            found[beta] = int((model(x_adv).argmax(1) != y).sum())
+    assert found == {0.0: 0, 10.0: len(y)}

@@ -91,7 +91,8 @@ def _counters(run: Path) -> dict | None:
         return None
 
 
-@pytest.mark.parametrize("extra", [(), ("--ema-decay", "0.9")], ids=["raw", "averaged"])
+@pytest.mark.parametrize("extra", [(), ("--ema-decay", "0.9"), ("--attack-smooth", "15")],
+                         ids=["raw", "averaged", "smoothed-search"])
 def test_sigkill_then_resume_is_bit_identical(tmp_path, extra):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -144,6 +145,7 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
     (["--adversary", "pgdd"], "unknown adversary"),
     (["--adversary", "trades", "--trades-beta", "0"], "trades_beta must be > 0"),
     (["--epochs", "0"], "epochs must be >= 1"),
+    (["--attack-smooth", "-1"], "attack_smooth must be >= 0"),
 ])
 def test_bad_training_settings_are_one_line_errors(tmp_path, capsys, flags, message):
     code = main(["train", "--out", str(tmp_path / "r"), "--data-dir", str(DATA), *flags])

@@ -20,6 +20,9 @@ _HELP = {
     "model_kwargs": "model arguments as JSON, e.g. '{\"width\": 2}'",
     "milestones": "comma-separated fractions of training where the lr drops",
     "precision": "fp32 | bf16 (autocast; the verdicts of evaluation stay float32)",
+    "attack_smooth": "take the adversary's gradients through ReLUs whose backward is "
+                     "sigmoid(beta z) with this beta (e.g. 15), so ReLU thresholds cannot "
+                     "hide the worst case from it; 0: off",
     "ema_decay": "keep an exponential moving average of the weights with this decay per "
                  "step (e.g. 0.999) and save and check it instead of the raw weights; 0: off",
 }

@@ -17,23 +17,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..attacks.core import _autocast, eval_mode, perturb
+from ..attacks.smooth import smooth_backward
 from ..losses import cross_entropy
 from ..threat import make_threat
 from .config import ITERATIVE_ADVERSARIES, TrainConfig
 
 
+def search_model(cfg: TrainConfig, model: nn.Module) -> nn.Module:
+    """The network the adversary takes gradients through: ``model`` itself, or (with
+    ``attack_smooth``) its backward-smoothed copy sharing the same weights, so the
+    training attack is not stopped by the ReLU thresholds that mask gradients."""
+    return smooth_backward(model, cfg.attack_smooth) if cfg.attack_smooth > 0 else model
+
+
 def adversarial_batch(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       eps: float, generator: torch.Generator,
-                      autocast: torch.dtype | None) -> torch.Tensor:
-    """The training input for this step: ``x`` itself or its approximate worst case."""
+                      autocast: torch.dtype | None, search: nn.Module | None = None
+                      ) -> torch.Tensor:
+    """The training input for this step: ``x`` itself or its approximate worst case.
+
+    ``search``: the :func:`search_model` of ``model`` (default ``model``)."""
     if cfg.adversary == "none" or eps == 0:
         return x
+    search = model if search is None else search
     threat = make_threat(cfg.norm, eps)
     step = cfg.step_size() * eps / cfg.eps  # the step shrinks with eps during a ramp
     steps = cfg.attack_steps if cfg.adversary in ITERATIVE_ADVERSARIES else 1
-    with eval_mode(model):
+    with eval_mode(model), eval_mode(search):
         loss_fn = _kl_from(model, x, autocast) if cfg.adversary == "trades" else cross_entropy
-        found = perturb(model, x, y, threat, loss_fn, steps=steps, step_size=step,
+        found = perturb(search, x, y, threat, loss_fn, steps=steps, step_size=step,
                         random_start=cfg.adversary != "fgsm", track_best=False,
                         generator=generator, autocast=autocast)
     return found.x_adv.detach()

@@ -38,6 +38,7 @@ class TrainConfig:
     trades_beta: float = 6.0            # trades: weight of KL(f(x) || f(x_adv)) beside CE(f(x))
     attack_steps: int = 7
     attack_step_size: float | None = None  # at full eps; default 2.5 eps/steps, fgsm eps
+    attack_smooth: float = 0.0          # search through sigmoid(beta z) ReLU backward; 0: off
     eps_ramp_epochs: float = 0.0        # grow eps linearly from 0 over this many epochs
     epochs: int = 4
     batch_size: int = 100
@@ -84,6 +85,9 @@ class TrainConfig:
         need(self.attack_step_size is None or self.attack_step_size > 0,
              f"attack step size must be > 0, got {self.attack_step_size}")
         need(self.eps_ramp_epochs >= 0, "eps_ramp_epochs must be >= 0")
+        need(math.isfinite(self.attack_smooth) and self.attack_smooth >= 0,
+             f"attack_smooth must be >= 0 (0 turns backward smoothing off), got "
+             f"{self.attack_smooth}")
         need(self.heldout_n >= 0 and self.eval_steps >= 1, "heldout_n >= 0 and eval_steps >= 1")
         need(0 < self.onecycle_peak < 1, "onecycle_peak must be in (0, 1)")
         need(0 <= self.ema_decay < 1,

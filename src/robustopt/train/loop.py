@@ -24,7 +24,7 @@ from ..models import DATASET_STATS, build_model
 from ..rundir import RunDir
 from ..threat import make_threat
 from . import state as train_state
-from .adversary import adversarial_batch, training_loss
+from .adversary import adversarial_batch, search_model, training_loss
 from .config import TrainConfig
 from .ema import WeightAverage
 from .schedule import epsilon, learning_rate
@@ -111,6 +111,7 @@ class _Trainer:
         self.model = self.model.to(self.device)
         if self.autocast is not None:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.search = search_model(cfg, self.model)  # shares the model's weights
         self.optimizer = _make_optimizer(cfg, self.model)
         self.average = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed + 1)
@@ -165,7 +166,7 @@ class _Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x_adv = adversarial_batch(cfg, self.model, x, y, epsilon(cfg, progress),
-                                  self.generator, self.autocast)
+                                  self.generator, self.autocast, self.search)
         self.model.train()
         loss, logits = training_loss(cfg, self.model, x, x_adv, y, self.autocast)
         if not torch.isfinite(loss):
