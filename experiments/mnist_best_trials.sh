@@ -37,6 +37,9 @@ declare -A TRIALS=(
   [best-trades-w4fc400b4e11-ema]="$T7 --trades-beta 4 --model-kwargs {\"width\":4,\"fc\":400} --epochs 11 --ema-decay 0.999"
   [best-trades-w4fc400b3e11-ema]="$T7 --trades-beta 3 --model-kwargs {\"width\":4,\"fc\":400} --epochs 11 --ema-decay 0.999"
   [best-trades-w4fc400b2e11-ema]="$T7 --trades-beta 2 --model-kwargs {\"width\":4,\"fc\":400} --epochs 11 --ema-decay 0.999"
+  # the mnist-best preset with the training adversary searching through sigmoid-backward
+  # ReLUs (beta 15), which see through the ReLU thresholds that hide points from gradients
+  [best-smooth15]="$T7 --trades-beta 2 --model-kwargs {\"width\":4,\"fc\":400} --epochs 11 --ema-decay 0.999 --attack-smooth 15"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=(best-w3e10 best-trades-w3e13)

@@ -137,3 +137,14 @@ def test_training_adversary_searches_through_the_smoothed_copy():
         with torch.no_grad():
             found[beta] = int((model(x_adv).argmax(1) != y).sum())
     assert found == {0.0: 0, 10.0: len(y)}
+
+
+def test_evaluator_skips_smoothing_for_a_model_without_relu_modules():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 3)).eval()
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 3, (6,))
+    res = evaluate(model, x, y, LinfBall(0.1), "strong", budget={"steps": 3, "queries": 20,
+                                                                 "restarts": 1}, sanity=False)
+    skipped = {a.name: a.skipped for a in res.attacks if a.skipped}
+    assert list(skipped) == ["apgd-ce-3-smooth15"] and "no nn.ReLU" in skipped["apgd-ce-3-smooth15"]
+    assert res.attacks[0].attacked > 0  # the plain attacks still run

@@ -65,7 +65,11 @@ def smooth_backward(model: nn.Module, beta: float) -> nn.Module:
     if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and beta > 0):
         raise InputError(f"backward smoothing needs a sharpness beta > 0, got {beta!r}")
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    surrogate = copy.deepcopy(model, memo=shared)
+    try:
+        surrogate = copy.deepcopy(model, memo=shared)
+    except (TypeError, RuntimeError, copy.Error) as err:
+        raise InputError(f"backward smoothing cannot copy this model ({err}): attack it "
+                         "without smoothing") from None
     replaced = 0
     for parent in surrogate.modules():
         for name, child in parent.named_children():
@@ -84,9 +88,10 @@ def smoothed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
     """Run the gradient ``attack`` (default APGD) through :func:`smooth_backward` of
     ``model`` and verify its points on ``model`` itself.
 
-    On the mnist-best headline model, APGD-CE with 5 restarts at ``beta`` 10 broke 8-11 of
-    the 17 test points that only a Square-10000 re-check had broken, in seconds
-    (``docs/evaluation.md``).
+    On the mnist-best seed-2 model, APGD-CE with 5 restarts at ``beta`` 10 or 15 broke
+    9-11 of the 17 test points that only a Square-10000 re-check had broken (plain APGD-CE
+    2-3), in seconds (``benchmarks/hard_points.py``,
+    ``results/recheck/mnist-best-seed2-hard-points-smooth.txt``).
     """
     return transfer(smooth_backward(model, beta), model, x, y, threat, attack=attack,
                     **attack_kwargs)

@@ -576,9 +576,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
         source = None
         if transfer_from is not None:
             source = _Counted(transfer_from)
-        # one smoothed-backward copy per sharpness, sharing the model's weights
-        smoothers = {s.smooth: _Counted(smooth_backward(model, s.smooth)) for s in specs
-                     if s.smooth is not None}
+        # one smoothed-backward copy per sharpness, sharing the model's weights; none for a
+        # model without nn.ReLU modules (its smoothed gradients would be the plain ones)
+        smoothers: dict[float, _Counted] = {}
+        no_smoothing = ""
+        for beta in {s.smooth for s in specs if s.smooth is not None}:
+            try:
+                smoothers[beta] = _Counted(smooth_backward(model, beta))
+            except InputError as err:
+                no_smoothing = str(err).split(":")[0]
 
         def passes() -> int:
             return counted.count + sum(m.count for m in smoothers.values()) + (
@@ -609,7 +615,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
                 st.skipped = "eps = 0: the threat set is the clean point"
             elif st.spec.white_box and not differentiable:
                 st.skipped = "the model's output has no input gradient"
-        lost = [st.name for st in stats if st.skipped and st.spec.white_box and threat.eps > 0]
+            elif st.spec.smooth is not None and st.spec.smooth not in smoothers:
+                st.skipped = no_smoothing
+        lost = [st.name for st in stats if st.skipped and st.spec.white_box and threat.eps > 0
+                and not differentiable]
         if lost:
             emit.warning("the model's output has no input gradient (it detaches or runs under "
                          f"no_grad): white-box attacks skipped ({', '.join(lost)}); only "

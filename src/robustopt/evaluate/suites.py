@@ -16,7 +16,9 @@ Built-in suites (the same for L-inf and L2; budgets are AutoAttack's where they 
 ``strong``
     APGD-CE and untargeted APGD-DLR with 5 restarts each, APGD-T (9 targets), PGD-margin
     at three step sizes (0.1, 0.025 and 0.01 eps, 100 steps), targeted PGD-margin towards
-    the 3 most likely wrong classes, and Square with 10,000 queries.
+    the 3 most likely wrong classes, APGD-CE with 5 restarts through sigmoid-backward
+    ReLUs (``smooth`` 15: sees through ReLU thresholds that zero the gradient), and Square
+    with 10,000 queries.
 
 When a transfer source model is given, a transfer attack (PGD-CE, 100 steps, crafted
 on the source) is appended to any named suite. Custom suites are lists of
@@ -217,6 +219,7 @@ def _strong() -> list[AttackSpec]:
             AttackSpec("pgd", "margin", steps=100, step=0.025),
             AttackSpec("pgd", "margin", steps=100, step=0.01),
             AttackSpec("pgd", "margin", steps=100, n_targets=3),
+            AttackSpec("apgd", "ce", steps=100, restarts=5, smooth=15.0),
             AttackSpec("square", "margin", queries=10000, p_init=0.8, rescale_schedule=True)]
 
 
