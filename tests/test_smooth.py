@@ -139,6 +139,16 @@ def test_training_adversary_searches_through_the_smoothed_copy():
     assert found == {0.0: 0, 10.0: len(y)}
 
 
+def test_smooth_share_splits_the_batch_between_the_two_searches():
+    model, (x, y) = threshold_model(), threshold_batch(10)
+    cfg = TrainConfig(adversary="pgd", eps=EPS, attack_steps=7, attack_step_size=0.1,
+                      attack_smooth=10.0, attack_smooth_share=0.3)
+    x_adv = adversarial_batch(cfg, model, x, y, EPS, _gen(0), None, search_model(cfg, model))
+    with torch.no_grad():
+        broken = (model(x_adv).argmax(1) != y).tolist()
+    assert broken == [True] * 3 + [False] * 7  # only the smoothed share gets past the threshold
+
+
 def test_evaluator_skips_smoothing_for_a_model_without_relu_modules():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 3)).eval()

@@ -146,6 +146,7 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
     (["--adversary", "trades", "--trades-beta", "0"], "trades_beta must be > 0"),
     (["--epochs", "0"], "epochs must be >= 1"),
     (["--attack-smooth", "-1"], "attack_smooth must be >= 0"),
+    (["--attack-smooth-share", "0"], "attack_smooth_share must be in (0, 1]"),
 ])
 def test_bad_training_settings_are_one_line_errors(tmp_path, capsys, flags, message):
     code = main(["train", "--out", str(tmp_path / "r"), "--data-dir", str(DATA), *flags])
@@ -190,7 +191,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("model."))
 
 
-def test_overfitting_guard_restores_best_and_stops(tmp_path, monkeypatch):
+@pytest.mark.parametrize("adversary", [{"adversary": "fgsm-rs"},
+                                       {"adversary": "pgd", "attack_smooth": 15.0}],
+                         ids=["fgsm-rs", "smoothed-pgd"])
+def test_overfitting_guard_restores_best_and_stops(tmp_path, monkeypatch, adversary):
     from robustopt.train import loop
 
     accs = iter([0.6, 0.7, 0.1, 0.5])
@@ -201,8 +205,7 @@ def test_overfitting_guard_restores_best_and_stops(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "heldout_check", fake_check)
     messages = []
-    cfg = TrainConfig(**{**TINY, "adversary": "fgsm-rs", "epochs": 4, "train_n": 300,
-                         "heldout_n": 50})
+    cfg = TrainConfig(**{**TINY, **adversary, "epochs": 4, "train_n": 300, "heldout_n": 50})
     result = train(cfg, tmp_path / "r", progress=lambda k, i: messages.append((k, i)))
     assert result.stopped == "overfitting"
     assert len(result.metrics) == 3 and result.metrics[-1]["overfitting_detected"]

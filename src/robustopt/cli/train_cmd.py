@@ -23,6 +23,9 @@ _HELP = {
     "attack_smooth": "take the adversary's gradients through ReLUs whose backward is "
                      "sigmoid(beta z) with this beta (e.g. 15), so ReLU thresholds cannot "
                      "hide the worst case from it; 0: off",
+    "attack_smooth_share": "with --attack-smooth: the fraction of each batch searched "
+                           "through smoothed gradients, the rest through the model's own "
+                           "(1: all)",
     "ema_decay": "keep an exponential moving average of the weights with this decay per "
                  "step (e.g. 0.999) and save and check it instead of the raw weights; 0: off",
 }

@@ -36,19 +36,29 @@ def adversarial_batch(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: to
                       ) -> torch.Tensor:
     """The training input for this step: ``x`` itself or its approximate worst case.
 
-    ``search``: the :func:`search_model` of ``model`` (default ``model``)."""
+    ``search``: the :func:`search_model` of ``model`` (default ``model``). With a smoothed
+    search, the first ``attack_smooth_share`` of the batch is searched through it and the
+    rest through ``model`` itself."""
     if cfg.adversary == "none" or eps == 0:
         return x
     search = model if search is None else search
     threat = make_threat(cfg.norm, eps)
     step = cfg.step_size() * eps / cfg.eps  # the step shrinks with eps during a ramp
     steps = cfg.attack_steps if cfg.adversary in ITERATIVE_ADVERSARIES else 1
+    n = x.shape[0]
+    k = n if search is model else round(cfg.attack_smooth_share * n)
+    found = []
     with eval_mode(model), eval_mode(search):
-        loss_fn = _kl_from(model, x, autocast) if cfg.adversary == "trades" else cross_entropy
-        found = perturb(search, x, y, threat, loss_fn, steps=steps, step_size=step,
-                        random_start=cfg.adversary != "fgsm", track_best=False,
-                        generator=generator, autocast=autocast)
-    return found.x_adv.detach()
+        for net, rows in ((search, slice(0, k)), (model, slice(k, n))):
+            xs, ys = x[rows], y[rows]
+            if xs.shape[0] == 0:
+                continue
+            loss_fn = (_kl_from(model, xs, autocast) if cfg.adversary == "trades"
+                       else cross_entropy)
+            found.append(perturb(net, xs, ys, threat, loss_fn, steps=steps, step_size=step,
+                                 random_start=cfg.adversary != "fgsm", track_best=False,
+                                 generator=generator, autocast=autocast).x_adv.detach())
+    return found[0] if len(found) == 1 else torch.cat(found)
 
 
 def _kl(log_p: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

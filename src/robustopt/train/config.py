@@ -39,6 +39,7 @@ class TrainConfig:
     attack_steps: int = 7
     attack_step_size: float | None = None  # at full eps; default 2.5 eps/steps, fgsm eps
     attack_smooth: float = 0.0          # search through sigmoid(beta z) ReLU backward; 0: off
+    attack_smooth_share: float = 1.0    # the fraction of each batch searched that way
     eps_ramp_epochs: float = 0.0        # grow eps linearly from 0 over this many epochs
     epochs: int = 4
     batch_size: int = 100
@@ -56,7 +57,8 @@ class TrainConfig:
     eval_steps: int = 20                # PGD steps of the epoch-end held-out check
     checkpoint_every_s: float = 300.0   # also checkpoint mid-epoch at this period
     checkpoint_every_steps: int = 0     # and/or every N steps (0: off; used by tests)
-    overfit_guard: bool = True          # FGSM adversaries: stop on a collapse of held-out PGD acc
+    overfit_guard: bool = True          # FGSM or smoothed adversaries: stop on a collapse of
+    #                                     held-out PGD accuracy
     seed: int = 0
     device: str = "auto"
 
@@ -88,6 +90,8 @@ class TrainConfig:
         need(math.isfinite(self.attack_smooth) and self.attack_smooth >= 0,
              f"attack_smooth must be >= 0 (0 turns backward smoothing off), got "
              f"{self.attack_smooth}")
+        need(0 < self.attack_smooth_share <= 1,
+             f"attack_smooth_share must be in (0, 1], got {self.attack_smooth_share}")
         need(self.heldout_n >= 0 and self.eval_steps >= 1, "heldout_n >= 0 and eval_steps >= 1")
         need(0 < self.onecycle_peak < 1, "onecycle_peak must be in (0, 1)")
         need(0 <= self.ema_decay < 1,
