@@ -207,35 +207,52 @@ def upper_bound(broken: int, attacked: int, level: float = 0.95) -> float:
 
 
 def combine(args: argparse.Namespace, ev: dict) -> int:
-    """Add up re-checked pieces of one evaluation; refuses overlaps and foreign pieces."""
+    """Add up re-checked pieces of one evaluation; refuses overlaps and foreign pieces.
+
+    Pieces of different re-checks (other attacks or seeds) may cover the same test images:
+    each re-check's pieces are added up on their own, and a point counts as broken if any
+    re-check broke it (the per-example worst case over all of them).
+    """
     loaded = sorted(((json.loads(Path(p).read_text()), p) for p in args.combine),
                     key=lambda dp: dp[0]["test_indices"]["start"])
-    attacked, covered, broken, end = 0, 0, [], None
+    checks: dict[str, dict] = {}
     for piece, path in loaded:
         span = piece["test_indices"]
         if not ev["start"] <= span["start"] < span["stop"] <= ev["stop"]:
             raise SystemExit(f"{path} covers test indices outside {args.eval}'s")
         if ev["digest"] and piece["weights_sha256"] != ev["digest"]:
             raise SystemExit(f"{path} re-checked other weights than {args.eval} attacked")
-        if end is not None and span["start"] < end:
-            raise SystemExit(f"{path} overlaps another piece at test index {span['start']}")
-        end = span["stop"]
-        attacked += len(piece["attacked"])
-        covered += span["stop"] - span["start"]
-        broken += piece["broken"]
+        check = checks.setdefault(piece["attacks"], {"attacked": set(), "broken": set(),
+                                                     "covered": 0, "end": None})
+        if check["end"] is not None and span["start"] < check["end"]:
+            raise SystemExit(f"{path} overlaps another piece of the same re-check at test "
+                             f"index {span['start']}")
+        check["end"] = span["stop"]
+        check["attacked"].update(piece["attacked"])
+        check["covered"] += span["stop"] - span["start"]
+        check["broken"].update(piece["broken"])
         print(f"{path}: test images {span['start']}..{span['stop'] - 1}, "
               f"{len(piece['attacked'])} of {piece['standing_before']} standing points "
               f"attacked, {len(piece['broken'])} broken, with {piece['attacks']}")
     n, robust = ev["stop"] - ev["start"], sum(ev["robust"])
+    attacked = set().union(*(c["attacked"] for c in checks.values()))
+    broken = set().union(*(c["broken"] for c in checks.values()))
+    if len(checks) > 1:
+        for label, c in checks.items():
+            print(f"{label}: attacked {len(c['attacked'])} of the {robust} standing points, "
+                  f"broke {len(c['broken'])}"
+                  + (f" (test indices {sorted(c['broken'])})" if c["broken"] else ""))
     print(f"{args.eval}: {robust} of {n} robust ({robust / n:.2%}); the re-checks attacked "
-          f"{attacked} of those {robust} and broke {len(broken)}"
+          f"{len(attacked)} of those {robust} and broke {len(broken)}"
           + (f" (test indices {sorted(broken)})" if broken else ""))
     print(f"robust after the re-checks: {robust - len(broken)} of {n} "
           f"({(robust - len(broken)) / n:.2%})"
-          + ("" if attacked == robust else f"; {robust - attacked} standing points not "
-             "re-checked"))
-    if 0 < attacked < robust and covered == n:  # samples drawn across the whole range
-        bound = upper_bound(len(broken), attacked)
+          + ("" if len(attacked) == robust else f"; {robust - len(attacked)} standing points "
+             "not re-checked"))
+    covered = max(c["covered"] for c in checks.values())
+    if len(checks) == 1 and 0 < len(attacked) < robust and covered == n:
+        # samples drawn across the whole range
+        bound = upper_bound(len(broken), len(attacked))
         print(f"if the points attacked are a random sample of the standing ones: these attacks "
               f"break at most {bound:.2%} of them (one-sided 95% bound), so robust accuracy "
               f"is at least {robust * (1 - bound) / n:.2%}")
