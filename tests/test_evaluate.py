@@ -550,6 +550,10 @@ def test_merging_refuses_shards_of_different_evaluations(run_dir, tmp_path, monk
     with pytest.raises(RobustOptError, match="overlap"):
         merge_shards([(Path("a"), a), (Path("b"), b)])
     assert merge_shards([(Path("a"), a), (Path("c"), c)])["test_indices"]["gaps"] == [[10, 30]]
+    older = json.loads(json.dumps(c))  # written before specs had a "smooth" field
+    for row in older["attacks"]:
+        assert row["spec"].pop("smooth") is None
+    assert merge_shards([(Path("a"), a), (Path("o"), older)])["n"] == 20
 
     def changed(edit) -> dict:
         doc = json.loads(json.dumps(c))

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import RobustOptError
+from ..errors import InputError, RobustOptError
 from ..modelfile import read_model_file, weights_sha256
+from .suites import AttackSpec
 
 # settings every shard must share (range, timing, machine, batch size and path may differ)
 _SAME = ("dataset", "norm", "eps", "suite", "budget", "transfer_from")
@@ -24,6 +25,15 @@ _TOP = {"settings": dict, "test_indices": dict, "threat": dict, "attacks": list,
         "per_example": dict, "n": int, "clean_accuracy": float, "robust_accuracy": float,
         "time_s": float}
 _ATTACK = ("name", "spec", "attacked", "broke", "time_s", "passes")
+
+
+def _chain(doc: dict, path: Path | str) -> list[dict]:
+    """A shard's attack specs with every field filled in, so a shard written before a
+    field existed (e.g. ``smooth``) matches a newer one that records its default."""
+    try:
+        return [AttackSpec.from_dict(a["spec"]).to_dict() for a in doc["attacks"]]
+    except (InputError, TypeError) as err:
+        raise RobustOptError(f"{path} has an attack spec robustopt cannot read ({err})") from None
 
 
 def load_shard(path: Path | str) -> dict:
@@ -87,7 +97,7 @@ def _check_compatible(docs: list[tuple[Path, dict]]) -> tuple[str, list[str]]:
                                      f"{doc['settings'].get(key)!r} vs "
                                      f"{first['settings'].get(key)!r}; merge only shards of "
                                      "one evaluation")
-        if [a["spec"] for a in doc["attacks"]] != [a["spec"] for a in first["attacks"]]:
+        if _chain(doc, path) != _chain(first, first_path):
             raise RobustOptError(f"{path} and {first_path} ran different attack chains")
         if set(doc["per_example"]) != set(first["per_example"]):
             raise RobustOptError(f"{path} and {first_path} record different per-example "
