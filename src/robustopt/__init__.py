@@ -6,7 +6,18 @@ Everything works on any ``nn.Module`` mapping [0, 1] NCHW images to logits.
 
 __version__ = "0.1.0"
 
-from .attacks import AttackResult, apgd, apgd_ce, apgd_t, fgsm, pgd, square, transfer  # noqa: E402
+from .attacks import (  # noqa: E402
+    AttackResult,
+    apgd,
+    apgd_ce,
+    apgd_t,
+    fgsm,
+    pgd,
+    smooth_backward,
+    smoothed,
+    square,
+    transfer,
+)
 from .cpu_memory import keep_freed_memory  # noqa: E402
 from .data import load_dataset  # noqa: E402
 from .errors import DataError, InputError, ModelFileError, RobustOptError  # noqa: E402
@@ -23,5 +34,6 @@ __all__ = [
     "apgd", "apgd_ce", "apgd_t", "square", "EvalResult", "evaluate", "sweep",
     "RobustOptError", "ThreatModel", "TrainConfig", "__version__", "build_model",
     "cross_entropy", "dlr", "fgsm", "load_dataset", "load_model", "make_threat", "margin",
-    "parse_eps", "pgd", "preset", "save_model", "train", "transfer",
+    "parse_eps", "pgd", "preset", "save_model", "smooth_backward", "smoothed", "train",
+    "transfer",
 ]

@@ -83,7 +83,7 @@ def smooth_backward(model: nn.Module, beta: float) -> nn.Module:
 
 
 def smoothed(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, *,
-             beta: float = 10.0, attack: Callable[..., AttackResult] = apgd,
+             beta: float = 15.0, attack: Callable[..., AttackResult] = apgd,
              **attack_kwargs) -> AttackResult:
     """Run the gradient ``attack`` (default APGD) through :func:`smooth_backward` of
     ``model`` and verify its points on ``model`` itself.
