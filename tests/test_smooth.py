@@ -104,7 +104,7 @@ def test_evaluator_runs_smoothed_specs_and_counts_their_passes():
     assert set(res.broken_by) == {"apgd-ce-20-smooth10"}
 
 
-@pytest.mark.parametrize("beta", [0, -1.0, float("nan"), True, "10"])
+@pytest.mark.parametrize("beta", [0, -1.0, float("nan"), float("inf"), True, "10"])
 def test_bad_beta_is_one_line_input_error(beta):
     with pytest.raises(InputError, match="beta"):
         smooth_backward(threshold_model(), beta)

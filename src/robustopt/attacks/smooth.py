@@ -14,6 +14,7 @@ can only make an attack stronger, never overstate one.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 
 import torch
@@ -62,8 +63,9 @@ def smooth_backward(model: nn.Module, beta: float) -> nn.Module:
     Only ``nn.ReLU`` modules are replaced (``F.relu`` calls inside a ``forward`` are
     invisible to it), so a model without any raises an :class:`InputError`.
     """
-    if not (isinstance(beta, (int, float)) and not isinstance(beta, bool) and beta > 0):
-        raise InputError(f"backward smoothing needs a sharpness beta > 0, got {beta!r}")
+    if not (isinstance(beta, (int, float)) and not isinstance(beta, bool)
+            and 0 < beta < math.inf):
+        raise InputError(f"backward smoothing needs a finite sharpness beta > 0, got {beta!r}")
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
     try:
         surrogate = copy.deepcopy(model, memo=shared)
