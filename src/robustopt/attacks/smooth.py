@@ -56,6 +56,15 @@ class SmoothBackwardReLU(nn.Module):
         return f"beta={self.beta:g}"
 
 
+def check_beta(beta: object) -> float:
+    """``beta`` as a float if it is a finite number > 0; else a one-line InputError."""
+    if not (isinstance(beta, (int, float)) and not isinstance(beta, bool)
+            and 0 < beta < math.inf):
+        raise InputError(f"backward smoothing needs a finite sharpness beta > 0 (e.g. 15), "
+                         f"got {beta!r}")
+    return float(beta)
+
+
 def smooth_backward(model: nn.Module, beta: float) -> nn.Module:
     """A copy of ``model`` that shares its parameters and buffers, with every ``nn.ReLU``
     replaced by :class:`SmoothBackwardReLU`: same outputs, smoothed input gradients.
@@ -63,9 +72,7 @@ def smooth_backward(model: nn.Module, beta: float) -> nn.Module:
     Only ``nn.ReLU`` modules are replaced (``F.relu`` calls inside a ``forward`` are
     invisible to it), so a model without any raises an :class:`InputError`.
     """
-    if not (isinstance(beta, (int, float)) and not isinstance(beta, bool)
-            and 0 < beta < math.inf):
-        raise InputError(f"backward smoothing needs a finite sharpness beta > 0, got {beta!r}")
+    beta = check_beta(beta)
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
     try:
         surrogate = copy.deepcopy(model, memo=shared)

@@ -584,7 +584,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
             try:
                 smoothers[beta] = _Counted(smooth_backward(model, beta))
             except InputError as err:
-                no_smoothing = str(err).split(":")[0]
+                no_smoothing = str(err)
 
         def passes() -> int:
             return counted.count + sum(m.count for m in smoothers.values()) + (

@@ -32,7 +32,7 @@ def _chain(doc: dict, path: Path | str) -> list[dict]:
     field existed (e.g. ``smooth``) matches a newer one that records its default."""
     try:
         return [AttackSpec.from_dict(a["spec"]).to_dict() for a in doc["attacks"]]
-    except (InputError, TypeError) as err:
+    except (InputError, TypeError, ValueError) as err:
         raise RobustOptError(f"{path} has an attack spec robustopt cannot read ({err})") from None
 
 
@@ -90,6 +90,7 @@ def _check_compatible(docs: list[tuple[Path, dict]]) -> tuple[str, list[str]]:
     if len({d for d, _ in digests.values()}) > 1:
         raise RobustOptError("the shards attacked different weights: " + "; ".join(
             f"{p}: {d[:12]}" for p, (d, _) in digests.items()))
+    chain = _chain(first, first_path)
     for path, doc in docs[1:]:
         for key in _SAME:
             if doc["settings"].get(key) != first["settings"].get(key):
@@ -97,7 +98,7 @@ def _check_compatible(docs: list[tuple[Path, dict]]) -> tuple[str, list[str]]:
                                      f"{doc['settings'].get(key)!r} vs "
                                      f"{first['settings'].get(key)!r}; merge only shards of "
                                      "one evaluation")
-        if _chain(doc, path) != _chain(first, first_path):
+        if _chain(doc, path) != chain:
             raise RobustOptError(f"{path} and {first_path} ran different attack chains")
         if set(doc["per_example"]) != set(first["per_example"]):
             raise RobustOptError(f"{path} and {first_path} record different per-example "

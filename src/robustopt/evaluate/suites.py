@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..attacks.smooth import check_beta
 from ..errors import InputError
 
 ATTACKS = ("pgd", "apgd", "apgd-t", "square", "fgsm", "transfer")
@@ -107,10 +108,7 @@ class AttackSpec:
             if attack not in WHITE_BOX:
                 raise InputError(f"{attack}: smooth applies to gradient attacks only "
                                  f"({', '.join(WHITE_BOX)}); drop it from this spec")
-            if isinstance(self.smooth, bool) or not isinstance(self.smooth, (int, float)) \
-                    or not 0 < float(self.smooth) < float("inf"):
-                raise InputError(f"{attack}: smooth is the backward sharpness beta, a number "
-                                 f"> 0 (e.g. 10), got {self.smooth!r}")
+            check_beta(self.smooth)
         if not self.name:
             object.__setattr__(self, "name", self._default_name())
 

@@ -12,6 +12,8 @@ uniformly in the ball like every PGD here, where the authors start at x + 0.001 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,7 +50,7 @@ def adversarial_batch(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: to
     n = x.shape[0]
     k = n if search is model else round(cfg.attack_smooth_share * n)
     found = []
-    with eval_mode(model), eval_mode(search):
+    with eval_mode(model), (eval_mode(search) if search is not model else nullcontext()):
         for net, rows in ((search, slice(0, k)), (model, slice(k, n))):
             xs, ys = x[rows], y[rows]
             if xs.shape[0] == 0:
