@@ -147,6 +147,7 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
     (["--epochs", "0"], "epochs must be >= 1"),
     (["--attack-smooth", "-1"], "attack_smooth must be >= 0"),
     (["--attack-smooth-share", "0"], "attack_smooth_share must be in (0, 1]"),
+    (["--train-eps", "1.5"], "exceeds 1"),
 ])
 def test_bad_training_settings_are_one_line_errors(tmp_path, capsys, flags, message):
     code = main(["train", "--out", str(tmp_path / "r"), "--data-dir", str(DATA), *flags])
@@ -264,3 +265,25 @@ def test_bad_ema_decay_is_a_one_line_error(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ema_decay must be in [0, 1)" in err[0], err
+
+
+def test_train_eps_sets_the_adversary_radius_not_the_threat(tmp_path, test_points):
+    """Training at a larger radius than the tested one: the adversary's points reach
+    train_eps, while the held-out checks and the saved model keep eps."""
+    from robustopt.train.adversary import adversarial_batch
+    from robustopt.train.schedule import epsilon
+    cfg = TrainConfig(**{**TINY, "adversary": "pgd", "eps": 0.1, "train_eps": 0.15,
+                         "eps_ramp_epochs": 1.0})
+    assert epsilon(cfg, 0.5) == pytest.approx(0.075) and epsilon(cfg, 1.5) == 0.15
+    x, y = test_points[0][:20], test_points[1][:20]
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    gen = torch.Generator().manual_seed(0)
+    x_adv = adversarial_batch(cfg, model, x, y, epsilon(cfg, 2.0), gen, None)
+    dist = (x_adv - x).abs().flatten(1).amax(1)
+    assert (dist <= 0.15 + 1e-6).all() and (dist > 0.1 + 1e-3).any()
+    result = train(cfg, tmp_path / "r")
+    assert result.stopped == "completed"
+    metrics = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").open()]
+    assert metrics[-1]["eps"] == pytest.approx(0.15)
+    spec = json.loads((tmp_path / "r" / "model.json").read_text())
+    assert spec["threat"]["eps"] == pytest.approx(0.1)

@@ -45,7 +45,7 @@ def adversarial_batch(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: to
         return x
     search = model if search is None else search
     threat = make_threat(cfg.norm, eps)
-    step = cfg.step_size() * eps / cfg.eps  # the step shrinks with eps during a ramp
+    step = cfg.step_size() * eps / cfg.train_radius()  # it shrinks during a ramp
     steps = cfg.attack_steps if cfg.adversary in ITERATIVE_ADVERSARIES else 1
     n = x.shape[0]
     k = n if search is model else round(cfg.attack_smooth_share * n)

@@ -33,7 +33,8 @@ class TrainConfig:
     model: str = "small-mnist"
     model_kwargs: dict = field(default_factory=dict)
     norm: str = "linf"
-    eps: float = 0.3
+    eps: float = 0.3                    # the threat model: held-out checks, the saved model's
+    train_eps: float | None = None      # the training adversary's radius; default eps
     adversary: str = "pgd"              # none | fgsm | fgsm-rs | pgd | trades
     trades_beta: float = 6.0            # trades: weight of KL(f(x) || f(x_adv)) beside CE(f(x))
     attack_steps: int = 7
@@ -97,21 +98,30 @@ class TrainConfig:
         need(0 <= self.ema_decay < 1,
              f"ema_decay must be in [0, 1) (0 turns weight averaging off), got {self.ema_decay}")
         make_threat(self.norm, self.eps)  # raises on a bad norm or eps
+        if self.train_eps is not None:
+            need(math.isfinite(self.train_eps) and self.train_eps > 0,
+                 f"train_eps must be > 0 (or unset to train at eps), got {self.train_eps}")
+            make_threat(self.norm, self.train_eps)
         return self
+
+    def train_radius(self) -> float:
+        """The radius the training adversary works at once any eps ramp is over."""
+        return self.eps if self.train_eps is None else self.train_eps
 
     @property
     def uses_augmentation(self) -> bool:
         return self.dataset.lower().startswith("cifar") if self.augment is None else self.augment
 
     def step_size(self) -> float:
-        """The adversary's step at full eps."""
+        """The adversary's step at the full training radius."""
         if self.attack_step_size is not None:
             return self.attack_step_size
+        radius = self.train_radius()
         if self.adversary == "fgsm":
-            return self.eps
+            return radius
         if self.adversary == "fgsm-rs":
-            return 1.25 * self.eps
-        return 2.5 * self.eps / max(self.attack_steps, 1)
+            return 1.25 * radius
+        return 2.5 * radius / max(self.attack_steps, 1)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

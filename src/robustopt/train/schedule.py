@@ -24,7 +24,8 @@ def learning_rate(cfg: TrainConfig, progress: float) -> float:
 
 
 def epsilon(cfg: TrainConfig, progress: float) -> float:
-    """Training eps at ``progress`` epochs (linear ramp from 0, then constant)."""
+    """Training eps at ``progress`` epochs (linear ramp from 0 to the training radius,
+    then constant)."""
     if cfg.eps_ramp_epochs <= 0:
-        return cfg.eps
-    return cfg.eps * min(1.0, progress / cfg.eps_ramp_epochs)
+        return cfg.train_radius()
+    return cfg.train_radius() * min(1.0, progress / cfg.eps_ramp_epochs)
