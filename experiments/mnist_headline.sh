@@ -14,6 +14,10 @@
 # model; exact clean accuracy and an upper bound on robust accuracy) into screen.json, so
 # seeds can be trained and screened here and the chain run later where it is fast
 # (experiments/mnist_headline_device.sh).
+# FLAGS adds training flags to the preset and NAME (default: the preset) names the runs
+# results/runs/NAME-seedK, for a candidate recipe the preset does not hold yet, e.g.
+#   NAME=mnist-best-teps033 FLAGS="--train-eps 0.33" bash experiments/mnist_headline.sh mnist-best
+# (the other headline scripts take NAME where they take PRESET).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -22,23 +26,25 @@ PRESET=${1:-mnist-quick}
 N=${2:-10000}
 shift $(( $# < 2 ? $# : 2 ))
 SEEDS=${*:-0 1 2}
+NAME=${NAME:-$PRESET}
 LOGS=results/headline
 mkdir -p "$LOGS"
 for seed in $SEEDS; do
-  run=results/runs/$PRESET-seed$seed
+  run=results/runs/$NAME-seed$seed
   if [ -f "$run/metrics.jsonl" ] && [ ! -f "$run/best.safetensors" ]; then
     # a kept run without its weights: retrain it and adopt the weights only if they are
     # the same bits (its metrics and evaluations are kept as they are)
-    robustopt train --restore "$run" 2>&1 | tee "$LOGS/$PRESET-seed$seed.restore.log"
+    robustopt train --restore "$run" 2>&1 | tee "$LOGS/$NAME-seed$seed.restore.log"
   elif [ ! -f "$run/best.safetensors" ]; then
-    robustopt train --preset "$PRESET" --seed "$seed" --out "$run" --force \
-      2>&1 | tee "$LOGS/$PRESET-seed$seed.train.log"
+    # shellcheck disable=SC2086  # FLAGS are words
+    robustopt train --preset "$PRESET" --seed "$seed" --out "$run" --force ${FLAGS:-} \
+      2>&1 | tee "$LOGS/$NAME-seed$seed.train.log"
   fi
   if [ "${EVAL:-headline}" = screen ]; then
     robustopt evaluate "$run" --n 10000 --suite experiments/suites/mnist-screen.json \
-      --no-sanity --out "$run/screen.json" 2>&1 | tee "$LOGS/$PRESET-seed$seed.screen.log"
+      --no-sanity --out "$run/screen.json" 2>&1 | tee "$LOGS/$NAME-seed$seed.screen.log"
   else
     robustopt evaluate "$run" --n "$N" --suite experiments/suites/mnist-headline.json \
-      2>&1 | tee "$LOGS/$PRESET-seed$seed.eval.log"
+      2>&1 | tee "$LOGS/$NAME-seed$seed.eval.log"
   fi
 done

@@ -147,7 +147,8 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
     (["--epochs", "0"], "epochs must be >= 1"),
     (["--attack-smooth", "-1"], "attack_smooth must be >= 0"),
     (["--attack-smooth-share", "0"], "attack_smooth_share must be in (0, 1]"),
-    (["--train-eps", "1.5"], "exceeds 1"),
+    (["--train-eps", "1.5"], "train_eps: L-inf eps 1.5 exceeds 1"),
+    (["--train-eps", "0"], "train_eps must be > 0"),
 ])
 def test_bad_training_settings_are_one_line_errors(tmp_path, capsys, flags, message):
     code = main(["train", "--out", str(tmp_path / "r"), "--data-dir", str(DATA), *flags])

@@ -101,7 +101,10 @@ class TrainConfig:
         if self.train_eps is not None:
             need(math.isfinite(self.train_eps) and self.train_eps > 0,
                  f"train_eps must be > 0 (or unset to train at eps), got {self.train_eps}")
-            make_threat(self.norm, self.train_eps)
+            try:
+                make_threat(self.norm, self.train_eps)
+            except RobustOptError as e:
+                raise RobustOptError(f"train_eps: {e}") from None
         return self
 
     def train_radius(self) -> float:
