@@ -56,6 +56,9 @@ declare -A TRIALS=(
   # best-eps033 read 99.01% clean on the test set: a smaller KL weight for clean margin,
   # trained at 0.33 with --train-eps (held-out checks and the saved threat stay at 0.3)
   [best-teps033-b15]="$BEST --train-eps 0.33 --trades-beta 1.5"
+  # the mnist-best recipe on TRADES' own SmallCNN (four 3x3 convs, two max-pools, fc 200,
+  # fc 200): a deeper net at about the same cost per step, under the weak seed 2
+  [best-tradescnn-s2]="$T7 --trades-beta 2 --model trades-mnist --model-kwargs {\"width\":1} --epochs 11 --ema-decay 0.999 --seed 2"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=(best-w3e10 best-trades-w3e13)

@@ -40,6 +40,7 @@ CIFAR = dict(zip(("mean", "std"), DATASET_STATS["cifar10"], strict=True))
 SMALL = [
     ("madry-mnist", MNIST, {}, (2, 1, 28, 28)),
     ("small-mnist", MNIST, {"width": 2, "fc": 50}, (2, 1, 28, 28)),
+    ("trades-mnist", MNIST, {"fc": 20}, (2, 1, 28, 28)),
     ("preact-resnet18", CIFAR, {"num_classes": 7}, (2, 3, 32, 32)),
     ("wide-resnet", CIFAR, {"depth": 10, "width": 1}, (2, 3, 32, 32)),
     ("cifar-cnn", CIFAR, {"width": 8}, (2, 3, 32, 32)),
@@ -71,8 +72,8 @@ def test_output_shape_and_input_gradient(name, stats, kwargs, shape):
 
 
 def test_registry_lists_every_model():
-    assert set(MODEL_NAMES) == {"madry-mnist", "small-mnist", "preact-resnet18", "wide-resnet",
-                                "cifar-cnn"}
+    assert set(MODEL_NAMES) == {"madry-mnist", "small-mnist", "trades-mnist", "preact-resnet18",
+                                "wide-resnet", "cifar-cnn"}
     assert model_arguments("wide-resnet")["depth"] == 34
 
 
@@ -108,6 +109,21 @@ def test_small_mnist_is_the_wong_kolter_cnn():
         (32 * 7 * 7, 100),
         (100, 10),
     ]
+
+
+def test_trades_mnist_is_the_trades_small_cnn():
+    net = build_model("trades-mnist", **MNIST).net
+    convs = [m for m in net if isinstance(m, nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (32, (3, 3), (0, 0)), (32, (3, 3), (0, 0)), (64, (3, 3), (0, 0)), (64, (3, 3), (0, 0))
+    ]
+    assert sum(isinstance(m, nn.MaxPool2d) for m in net) == 2
+    assert [(f.in_features, f.out_features) for f in net if isinstance(f, nn.Linear)] == [
+        (64 * 4 * 4, 200), (200, 200), (200, 10)
+    ]
+    torch.fx.symbolic_trace(net)  # one straight line of standard layers
+    with pytest.raises(RobustOptError, match="input_size >= 16"):
+        build_model("trades-mnist", **MNIST, input_size=12)
 
 
 def test_cifar_cnn_stages_and_errors():

@@ -4,7 +4,7 @@ Every model maps float32 NCHW images in [0, 1] to logits; normalisation is its f
 """
 
 from robustopt.models.cifar_cnn import cifar_cnn
-from robustopt.models.mnist import madry_mnist, small_mnist
+from robustopt.models.mnist import madry_mnist, small_mnist, trades_mnist
 from robustopt.models.normalize import DATASET_STATS, Normalize, check_stats, dataset_stats
 from robustopt.models.registry import (
     MODEL_NAMES,
@@ -32,6 +32,7 @@ __all__ = [
     "model_spec",
     "preact_resnet18",
     "small_mnist",
+    "trades_mnist",
     "unwrap_model",
     "wide_resnet",
 ]

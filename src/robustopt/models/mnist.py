@@ -10,7 +10,7 @@ from torch import nn
 
 from robustopt.errors import RobustOptError
 
-__all__ = ["madry_mnist", "small_mnist"]
+__all__ = ["madry_mnist", "small_mnist", "trades_mnist"]
 
 
 def madry_mnist(
@@ -66,6 +66,46 @@ def small_mnist(
         nn.ReLU(),
         nn.Flatten(),
         nn.Linear(c2 * side * side, fc),
+        nn.ReLU(),
+        nn.Linear(fc, num_classes),
+    )
+
+
+def trades_mnist(
+    *,
+    num_classes: int = 10,
+    in_channels: int = 1,
+    width: int = 1,
+    fc: int = 200,
+    input_size: int = 28,
+) -> nn.Sequential:
+    """Zhang et al.'s (TRADES) SmallCNN: two blocks of two unpadded 3x3 convs (32, then 64
+    channels) each followed by a 2x2 max-pool, then fc 200, fc 200, fc num_classes.
+
+    Four conv layers at full resolution cost about as much per step on a CPU as the
+    wider small-mnist the mnist-best preset used, with an eighth of the parameters.
+    TRADES' dropout between the hidden layers is left out: the stack stays a plain chain
+    a verifier can walk, and training and evaluation see the same network.
+    """
+    side = ((input_size - 4) // 2 - 4) // 2  # two valid 3x3 convs (-4), then a 2x2 pool
+    if side < 1:
+        raise RobustOptError(f"trades-mnist needs input_size >= 16, got {input_size}; use 28")
+    c1, c2 = 32 * width, 64 * width
+    return nn.Sequential(
+        nn.Conv2d(in_channels, c1, kernel_size=3),
+        nn.ReLU(),
+        nn.Conv2d(c1, c1, kernel_size=3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, kernel_size=3),
+        nn.ReLU(),
+        nn.Conv2d(c2, c2, kernel_size=3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(c2 * side * side, fc),
+        nn.ReLU(),
+        nn.Linear(fc, fc),
         nn.ReLU(),
         nn.Linear(fc, num_classes),
     )

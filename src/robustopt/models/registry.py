@@ -19,7 +19,7 @@ from torch import nn
 
 from robustopt.errors import RobustOptError
 from robustopt.models.cifar_cnn import cifar_cnn
-from robustopt.models.mnist import madry_mnist, small_mnist
+from robustopt.models.mnist import madry_mnist, small_mnist, trades_mnist
 from robustopt.models.normalize import Normalize, check_stats
 from robustopt.models.resnet import preact_resnet18
 from robustopt.models.wide_resnet import wide_resnet
@@ -31,6 +31,7 @@ _CONSTRUCTORS: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
     {
         "madry-mnist": madry_mnist,
         "small-mnist": small_mnist,
+        "trades-mnist": trades_mnist,
         "preact-resnet18": preact_resnet18,
         "wide-resnet": wide_resnet,
         "cifar-cnn": cifar_cnn,
