@@ -20,9 +20,9 @@ import argparse
 import json
 from pathlib import Path
 
-BASE = {"adversary": "pgd", "model_kwargs": {}, "epochs": 4, "lr": 1e-3, "attack_steps": 7,
-        "attack_step_size": 0.1, "eps": 0.3, "trades_beta": 6.0, "ema_decay": 0.0,
-        "attack_smooth": 0.0, "attack_smooth_share": 1.0, "train_eps": None}
+BASE = {"model": "small-mnist", "adversary": "pgd", "model_kwargs": {}, "epochs": 4,
+        "lr": 1e-3, "attack_steps": 7, "attack_step_size": 0.1, "eps": 0.3, "trades_beta": 6.0,
+        "ema_decay": 0.0, "attack_smooth": 0.0, "attack_smooth_share": 1.0, "train_eps": None}
 
 
 def trial(path: Path) -> dict:
