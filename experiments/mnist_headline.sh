@@ -18,6 +18,8 @@
 # results/runs/NAME-seedK, for a candidate recipe the preset does not hold yet, e.g.
 #   NAME=mnist-best-teps033 FLAGS="--train-eps 0.33" bash experiments/mnist_headline.sh mnist-best
 # (the other headline scripts take NAME where they take PRESET).
+# results/runs/mnist-best-seedK hold the mnist-best recipe until session 15 (small-mnist);
+# the preset's current recipe (trades-mnist) is kept as NAME=mnist-best-tcnn.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
