@@ -625,3 +625,27 @@ def test_single_step_gap_flags_fgsm_only_robustness():
     assert verdict.passed is False and "single-step" in verdict.likely_cause
     assert S.check_single_step(healthy, cfg).passed is True
     assert S.check_single_step(None, cfg).passed is None
+
+
+def test_cpu_evaluation_holds_conv_weights_channels_last_and_restores_them(model, mnist_small):
+    x, y = mnist_small[0][:60], mnist_small[1][:60]
+    suite = [{"attack": "pgd", "steps": 10}, {"attack": "square", "queries": 100}]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1]
+    seen: list[bool] = []  # per pass: ran on channels-last weights
+    hooks = [c.register_forward_pre_hook(
+        lambda m, _: seen.append(not m.weight.is_contiguous())) for c in convs]
+    try:
+        fast = evaluate(model, x, y, LinfBall(0.3), suite, sanity=False)
+        fast_seen, seen[:] = list(seen), []
+        default = evaluate(model, x, y, LinfBall(0.3), suite, sanity=False,
+                           channels_last=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert convs and fast_seen and all(fast_seen)
+    assert seen and not any(seen)
+    for name, value in model.state_dict().items():
+        assert value.is_contiguous() and torch.equal(value, before[name]), name
+    # the same math up to float rounding, which can tip a random search on a borderline point
+    assert abs(int(fast.robust.sum()) - int(default.robust.sum())) <= 1

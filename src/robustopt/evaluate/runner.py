@@ -39,7 +39,7 @@ from torch import nn
 from .. import __version__
 from ..atomic import write_atomic
 from ..attacks.apgd import apgd
-from ..attacks.core import AttackResult, eval_mode
+from ..attacks.core import AttackResult, eval_mode, fast_layout
 from ..attacks.fgsm import fgsm
 from ..attacks.pgd import pgd
 from ..attacks.smooth import smooth_backward
@@ -531,7 +531,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
              transfer_from: nn.Module | None = None, seed: int = 0, batch_size: int = 500,
              progress: Progress | None = None, sanity: bool | S.SanityConfig = True,
              budget: Mapping | None = None, full_budget: bool = False,
-             sweep_result: dict | None = None, index_offset: int = 0) -> EvalResult:
+             sweep_result: dict | None = None, index_offset: int = 0,
+             channels_last: bool | None = None) -> EvalResult:
     """Robust accuracy of ``model`` on ``(x, y)`` under ``threat``: the per-example worst
     case over the attacks of ``suite``, with provenance, passes and sanity verdicts.
 
@@ -555,6 +556,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
     batch boundary attacks its points exactly as one evaluation of the whole set would.
     Progress lines and the warnings of failed checks go to ``progress(kind, info)`` (kinds
     ``"message"``, ``"warning"``), else to the ``robustopt.evaluate`` logger.
+    ``channels_last``: hold the model's convolution weights channels-last while it is
+    attacked (``None``: on the CPU; see :func:`robustopt.attacks.core.fast_layout`).
     """
     start_time = time.perf_counter()
     _check_inputs(model, x, y, threat, seed, batch_size, transfer_from)
@@ -571,7 +574,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
         specs = _with_sanity_fgsm(specs)
     chain = not full_budget
     n, dev = x.shape[0], x.device
-    with eval_mode(model):
+    with eval_mode(model), fast_layout(model, x, channels_last):
         counted = _Counted(model)
         source = None
         if transfer_from is not None:
