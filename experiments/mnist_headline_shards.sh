@@ -8,12 +8,15 @@
 # files gets them back first (`robustopt train --restore RUN`, checked against its record).
 #
 #   bash experiments/mnist_headline_shards.sh RUN FROM TO [SIZE]     # SIZE defaults to 1000
+#   SUITE=experiments/suites/mnist-headline-smooth.json bash experiments/mnist_headline_shards.sh ...
 #   python experiments/merge_eval_shards.py RUN/eval.json RUN/shards/eval-*.json
 #
 # RUN/eval.json from `mnist_headline.sh PRESET 1000` covers images 0..999, so FROM=1000
 # completes it to the full test set. Keep SIZE (and the batch size) the same across
 # sessions: shards are found by file name, and shards on 500-image boundaries attack their
-# points exactly as one 10,000-image evaluation would.
+# points exactly as one 10,000-image evaluation would. SUITE (default the headline chain)
+# must be the same for every shard of a run; mnist-headline-smooth.json appends the
+# smoothed APGD-CE x5 re-check (beta 15) to the chain, so one pass per shard does both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -23,6 +26,7 @@ RUN=${1:?$usage}
 FROM=${2:?$usage}
 TO=${3:?$usage}
 SIZE=${4:-1000}
+SUITE=${SUITE:-experiments/suites/mnist-headline.json}
 if [ ! -f "$RUN/best.safetensors" ] && [ -f "$RUN/metrics.jsonl" ]; then
   # weights are not kept in the repository: regenerate exactly these (~20 min here)
   robustopt train --restore "$RUN"
@@ -36,7 +40,7 @@ for (( s = FROM; s < TO; s += SIZE )); do
     continue
   fi
   if ! robustopt evaluate "$RUN" --start "$s" --n $(( e - s )) \
-      --suite experiments/suites/mnist-headline.json --out "$out" > "${out%.json}.log" 2>&1; then
+      --suite "$SUITE" --out "$out" > "${out%.json}.log" 2>&1; then
     echo "shard $s..$((e - 1)) failed; the end of ${out%.json}.log:"
     tail -n 3 "${out%.json}.log"
     exit 1
