@@ -8,10 +8,9 @@ The probe behind the ``cifar10-cpu`` preset's model: what an hour of training bu
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
+from _timing import items_per_s
 
 import robustopt
 from robustopt.models import DATASET_STATS, build_model
@@ -43,12 +42,7 @@ def examples_per_s(model: torch.nn.Module, batch: int = 128, reps: int = 6) -> f
         loss.backward()
         opt.step()
 
-    step()
-    step()
-    start = time.perf_counter()
-    for _ in range(reps):
-        step()
-    return batch * reps / (time.perf_counter() - start)
+    return items_per_s(step, batch, reps)
 
 
 def main() -> int:

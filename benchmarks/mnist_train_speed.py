@@ -10,9 +10,9 @@ The probe behind the choice of the mnist-best model: what 20 minutes of training
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from _timing import items_per_s
 
 import robustopt
 from robustopt.models import DATASET_STATS, build_model
@@ -43,12 +43,7 @@ def examples_per_s(model: torch.nn.Module, reps: int) -> float:
         loss.backward()
         opt.step()
 
-    step()
-    step()
-    start = time.perf_counter()
-    for _ in range(reps):
-        step()
-    return cfg.batch_size * reps / (time.perf_counter() - start)
+    return items_per_s(step, cfg.batch_size, reps)
 
 
 def main() -> int:
