@@ -1,6 +1,7 @@
 """Time versus robustness of the mnist-quick recipe trials (results/trials/*).
 
-For each trial: its settings (what differs from the old preset), training wall time,
+For each trial: its settings (what differs from the old preset), the time its optimisation
+steps took (metrics' wall_time_s; a run's run_time_s adds the held-out checks and checkpoints),
 held-out PGD-20 accuracy at the end of training, the standard suite's clean and
 worst-case robust accuracy on the first 1,000 MNIST test images (eval.json), and, for
 trials screened with ``EVAL=screen``, clean and APGD-CE accuracy on all 10,000 test
@@ -77,7 +78,7 @@ def main() -> int:
         raise SystemExit(f"no MNIST trials (a directory with config.json) under {args.dir}")
     rows.sort(key=lambda r: r["train_s"])
     width = max(10, *(len(r["name"]) + 1 for r in rows))
-    print(f"{'trial':<{width}}{'train':>8}{'held-out PGD-20':>17}{'clean':>8}{'robust':>8}"
+    print(f"{'trial':<{width}}{'steps':>8}{'held-out PGD-20':>17}{'clean':>8}{'robust':>8}"
           f"{'+Square x5':>11}{'std+smooth':>11}{'clean 10k':>11}{'APGD-CE 10k':>13}"
           "  changed from the old preset")
 
@@ -115,7 +116,7 @@ def main() -> int:
     ax.axhline(89, color="grey", lw=0.8, ls="--")
     ax.axvline(180, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log")  # the baseline ran beside other jobs: its time is 10x the rest
-    ax.set_xlabel("training wall time (s, 2 CPU cores; log scale)")
+    ax.set_xlabel("training time in optimisation steps (s, 2 CPU cores; log scale)")
     ax.set_ylabel("robust accuracy (%), standard suite, 1,000 pts")
     ax.set_title("mnist-quick recipe trials, L-inf eps 0.3")
     fig.tight_layout()
