@@ -11,6 +11,11 @@
 #   SUITE=experiments/suites/mnist-headline-smooth.json bash experiments/mnist_headline_shards.sh ...
 #   python experiments/merge_eval_shards.py RUN/eval.json RUN/shards/eval-*.json
 #
+# On 2 cores, two ranges side by side with one thread each get ~14% more done than one
+# range with two threads (benchmarks/eval_processes.py):
+#   OMP_NUM_THREADS=1 bash experiments/mnist_headline_shards.sh RUN 1000 6000 &
+#   OMP_NUM_THREADS=1 bash experiments/mnist_headline_shards.sh RUN 6000 10000 &
+#
 # RUN/eval.json from `mnist_headline.sh PRESET 1000` covers images 0..999, so FROM=1000
 # completes it to the full test set. Keep SIZE (and the batch size) the same across
 # sessions: shards are found by file name, and shards on 500-image boundaries attack their
