@@ -11,8 +11,10 @@
 #   SUITE=experiments/suites/mnist-headline-smooth.json bash experiments/mnist_headline_shards.sh ...
 #   python experiments/merge_eval_shards.py RUN/eval.json RUN/shards/eval-*.json
 #
-# On 2 cores, two ranges side by side with one thread each get ~14% more done than one
-# range with two threads (benchmarks/eval_processes.py):
+# On 2 cores, two ranges can run side by side with one thread each. A short probe
+# (benchmarks/eval_processes.py) measured 1.14x the work of one two-thread process, but two
+# real mnist-best-tcnn shards side by side took 3,345 s and 3,584 s against 1,739 s for one
+# shard alone (a test run overlapped them for ~4 minutes): no measurable gain on full shards.
 #   OMP_NUM_THREADS=1 bash experiments/mnist_headline_shards.sh RUN 1000 6000 &
 #   OMP_NUM_THREADS=1 bash experiments/mnist_headline_shards.sh RUN 6000 10000 &
 #
