@@ -281,6 +281,15 @@ def test_black_box_check_survives_white_box_attacks_run_after_square(model, xy):
     assert verdict(r, "black-box-vs-white-box").passed is False
 
 
+def test_ce_vs_margin_check_survives_ce_attacks_run_after_margin_ones(model, xy):
+    # The headline chain goes on to PGD-CE after its margin attacks: the margin attacks
+    # must still be compared with the CE attack before them, not reported "n/a".
+    x, y = xy
+    suite = TINY[:2] + [AttackSpec("pgd", "ce", steps=5)]
+    r = evaluate(Scaled(model), x, y, LinfBall(0.1), suite, sanity=False)
+    assert verdict(r, "ce-vs-margin").passed is False
+
+
 def test_fgsm_beating_pgd_is_flagged():
     x, y = random_images()
     trap = Trap(x, y, 0.1, fgsm_landscape)

@@ -509,16 +509,19 @@ def _chain_verdicts(stats: list[AttackStats], clean: torch.Tensor, chain: bool,
     missed = clean & ~union(ran[i] for i in wb)
     broke = int((union(ran[i] for i in bb) & missed).sum())
     verdicts.append(S.check_black_box(broke, int(missed.sum()), n_ref, why, cfg))
-    # cross-entropy vs margin/DLR
+    # cross-entropy vs margin/DLR: chained, the margin attacks after the first CE attack
+    # against the CE attacks before them (a chain may go on to more CE attacks)
     ce = [i for i, a in enumerate(ran) if a.spec.white_box and not a.spec.sanity
           and a.spec.loss_family == "ce"]
     mg = [i for i, a in enumerate(ran) if a.spec.white_box and not a.spec.sanity
-          and a.spec.loss_family == "margin" and (not chain or (ce and i > max(ce)))]
+          and a.spec.loss_family == "margin" and (not chain or (ce and i > min(ce)))]
+    if chain and mg:
+        ce = [i for i in ce if i < min(mg)]
     why = None
     if not ce:
         why = "no cross-entropy white-box attack ran"
     elif not mg:
-        why = "no margin/DLR white-box attack ran after the cross-entropy attacks"
+        why = "no margin/DLR white-box attack ran after a cross-entropy attack"
     ce_hit = clean & union(ran[i] for i in ce)
     broke = int((union(ran[i] for i in mg) & clean & ~ce_hit).sum())
     verdicts.append(S.check_ce_margin(broke, n_ref - int(ce_hit.sum()), n_ref, why, cfg,

@@ -13,7 +13,8 @@ Checks computed from the attack chain itself (no extra compute):
     ``max(1, 1%)`` of the clean-correct points the white-box attacks run before it
     missed: gradient masking.
 ``ce-vs-margin``
-    Margin/DLR attacks, run after the cross-entropy ones, break more than
+    Margin/DLR attacks, run after cross-entropy ones (chained: the margin attacks after
+    the first CE attack, against the CE attacks before them), break more than
     ``max(2, 5%)`` of the clean-correct points *and* more points than the cross-entropy
     attacks broke themselves (CE "far weaker"): softmax saturation.
 ``fgsm-vs-iterative`` (needs the sanity FGSM, run after the iterative white-box attacks)
