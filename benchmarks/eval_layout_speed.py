@@ -6,7 +6,7 @@ given, with a suite that has a gradient attack and a black-box one, and checks t
 agree point by point (robust or not, and which attack broke it). Each layout runs once per
 model, default layout first; nothing else should run on the machine meanwhile.
 
-    python benchmarks/eval_layout_speed.py | tee results/eval_layout_speed.txt   # ~5 min
+    python benchmarks/eval_layout_speed.py | tee results/eval_layout_speed.txt   # ~6 min
 """
 
 from __future__ import annotations

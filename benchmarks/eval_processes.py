@@ -7,7 +7,7 @@ on the same images with the same suite: the first ``--n`` MNIST test images of a
 every point. Side by side, each process gets ``OMP_NUM_THREADS=1`` and an equal shard.
 Run it alone on the machine: it times wall clocks.
 
-    python benchmarks/eval_processes.py | tee results/eval_processes.txt      # ~3 minutes
+    python benchmarks/eval_processes.py | tee results/eval_processes.txt      # ~80 s
 """
 
 from __future__ import annotations

@@ -75,13 +75,14 @@ def fast_layout(model: nn.Module, x: torch.Tensor, enabled: bool | None = None
                 ) -> Iterator[nn.Module]:
     """Hold a conv net's 4-D weights channels-last while it is attacked, then restore them.
 
-    oneDNN's channels-last float32 convolutions run a small MNIST CNN's forward and
-    input-gradient passes ~1.6-1.7x faster on this project's CPU than the default layout
-    (``benchmarks/eval_layout_speed.py``); the values agree to float rounding, and every
-    verdict is still a float32 forward pass. ``enabled=None`` turns it on for 4-D inputs on
-    the CPU only (unmeasured on GPUs); a model whose 4-D weights are not all in the default
-    layout is left as it is. The weights keep their identity (``param.data`` changes), so
-    copies that share them, such as the smoothed-backward surrogate, follow.
+    With oneDNN's channels-last float32 convolutions, an evaluation of the mnist-best model
+    (``trades-mnist``) ran 1.40x faster on this project's CPU than in the default layout;
+    the width-2 ``small-mnist`` gained nothing (0.94x) (``benchmarks/eval_layout_speed.py``).
+    The values agree to float rounding, and every verdict is still a float32 forward pass.
+    ``enabled=None`` turns it on for 4-D inputs on the CPU only (unmeasured on GPUs); a
+    model whose 4-D weights are not all in the default layout is left as it is. The
+    weights keep their identity (``param.data`` changes), so copies that share them, such
+    as the smoothed-backward surrogate, follow.
     """
     tensors = [t for t in (*model.parameters(), *model.buffers()) if t.dim() == 4]
     if enabled is None:
