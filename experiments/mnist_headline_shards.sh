@@ -4,7 +4,8 @@
 # `robustopt evaluate --start S --n SIZE` per shard into RUN/shards/eval-S-E.json (its log
 # beside it). A shard whose JSON exists is skipped, so a killed or timed-out session resumes
 # where it stopped, and shards can run on different machines. On this 2-core CPU a
-# 1,000-image shard of an mnist-best model takes ~22 minutes. A kept run without its weight
+# 1,000-image shard takes ~22 minutes for the small-CNN mnist-best-seedK runs and ~29 with
+# SUITE=...-smooth.json for the trades-mnist ones (1,739 s alone). A kept run without its weight
 # files gets them back first (`robustopt train --restore RUN`, checked against its record).
 #
 #   bash experiments/mnist_headline_shards.sh RUN FROM TO [SIZE]     # SIZE defaults to 1000

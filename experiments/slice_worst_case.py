@@ -41,7 +41,7 @@ def kept_row(eval_path: Path, recheck_globs: list[str], lo: int, hi: int) -> str
             if "broken" not in piece or Path(piece.get("eval", "")) != eval_path:
                 continue
             hit = standing & set(piece["broken"])
-            rechecks[piece["attacks"].split()[1]] += len(hit)
+            rechecks[piece["attacks"]] += len(hit)  # the label combine() groups by
             standing -= hit
     breaks = ", ".join(f"{k} {v}" for k, v in by.most_common())
     extra = ", ".join(f"{k} {v}" for k, v in sorted(rechecks.items())) or "none"
