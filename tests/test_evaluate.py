@@ -654,6 +654,8 @@ def test_cpu_evaluation_holds_conv_weights_channels_last_and_restores_them(model
             h.remove()
     assert convs and fast_seen and all(fast_seen)
     assert seen and not any(seen)
+    assert fast.settings["weights_channels_last"] is True  # recorded: rounding follows it
+    assert default.settings["weights_channels_last"] is False
     for name, value in model.state_dict().items():
         assert value.is_contiguous() and torch.equal(value, before[name]), name
     # the same math up to float rounding, which can tip a random search on a borderline point

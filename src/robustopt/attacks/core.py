@@ -72,7 +72,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 @contextlib.contextmanager
 def fast_layout(model: nn.Module, x: torch.Tensor, enabled: bool | None = None
-                ) -> Iterator[nn.Module]:
+                ) -> Iterator[bool]:
     """Hold a conv net's 4-D weights channels-last while it is attacked, then restore them.
 
     With oneDNN's channels-last float32 convolutions, an evaluation of the mnist-best model
@@ -82,17 +82,19 @@ def fast_layout(model: nn.Module, x: torch.Tensor, enabled: bool | None = None
     ``enabled=None`` turns it on for 4-D inputs on the CPU only (unmeasured on GPUs); a
     model whose 4-D weights are not all in the default layout is left as it is. The
     weights keep their identity (``param.data`` changes), so copies that share them, such
-    as the smoothed-backward surrogate, follow.
+    as the smoothed-backward surrogate, follow. Yields whether the layout was switched:
+    float rounding differs between layouts, so a random search can take another path on a
+    borderline point, and an evaluation records which layout it ran in.
     """
     tensors = [t for t in (*model.parameters(), *model.buffers()) if t.dim() == 4]
     if enabled is None:
         enabled = x.dim() == 4 and x.device.type == "cpu"
     if not (enabled and tensors and all(t.is_contiguous() for t in tensors)):
-        yield model
+        yield False
         return
     model.to(memory_format=torch.channels_last)
     try:
-        yield model
+        yield True
     finally:
         model.to(memory_format=torch.contiguous_format)
 

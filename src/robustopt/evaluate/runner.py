@@ -560,7 +560,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
     Progress lines and the warnings of failed checks go to ``progress(kind, info)`` (kinds
     ``"message"``, ``"warning"``), else to the ``robustopt.evaluate`` logger.
     ``channels_last``: hold the model's convolution weights channels-last while it is
-    attacked (``None``: on the CPU; see :func:`robustopt.attacks.core.fast_layout`).
+    attacked (``None``: on the CPU; see :func:`robustopt.attacks.core.fast_layout`); the
+    result's settings record whether they were (``weights_channels_last``).
     """
     start_time = time.perf_counter()
     _check_inputs(model, x, y, threat, seed, batch_size, transfer_from)
@@ -577,7 +578,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
         specs = _with_sanity_fgsm(specs)
     chain = not full_budget
     n, dev = x.shape[0], x.device
-    with eval_mode(model), fast_layout(model, x, channels_last):
+    with eval_mode(model), fast_layout(model, x, channels_last) as weights_channels_last:
         counted = _Counted(model)
         source = None
         if transfer_from is not None:
@@ -709,7 +710,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatM
                 "full_budget": full_budget, "sanity": cfg is not None,
                 "budget": dict(budget) if budget else None,
                 "transfer": transfer_from is not None, "classes": classes,
-                "sanity_config": None if cfg is None else asdict(cfg)}
+                "sanity_config": None if cfg is None else asdict(cfg),
+                "weights_channels_last": weights_channels_last}
     return EvalResult(
         threat=threat, suite=suite_label(suite), specs=specs, seed=seed,
         clean_correct=clean.to(cpu), robust=robust.to(cpu), broken_by=broken_by,

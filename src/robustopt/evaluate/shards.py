@@ -158,7 +158,8 @@ def merge_shards(docs: list[tuple[Path, dict]]) -> dict:
     if robust != survivors:
         raise RobustOptError(f"the shards disagree with themselves: {robust} points robust "
                              f"per example, {survivors} by the attacks' counts")
-    per_shard = ("model", "device", "batch_size", "index_offset", "sanity", "n", "start")
+    per_shard = ("model", "device", "batch_size", "index_offset", "sanity", "n", "start",
+                 "weights_channels_last")
     settings = {k: v for k, v in shards[0]["settings"].items() if k not in per_shard}
     settings["weights_sha256"] = digest
     settings["weights_sha256_inferred_for"] = inferred
