@@ -7,6 +7,11 @@
 #
 #   bash experiments/cifar10_cpu.sh [SEED] [N_PGD] [N_STD]     # defaults: 0 1000 300
 #
+# FLAGS adds training flags to the preset and NAME (default cifar10-cpu) names the run
+# results/runs/NAME-seedK and its logs results/cifar10/NAME/..., for a candidate recipe:
+#   NAME=cifar10-cpu-ema FLAGS="--ema-decay 0.999" bash experiments/cifar10_cpu.sh 0
+# The preset's own run keeps its logs directly under results/cifar10/.
+#
 # Run on an otherwise idle machine: the training wall time is part of the result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,12 +20,15 @@ cd "$(dirname "$0")/.."
 SEED=${1:-0}
 N_PGD=${2:-1000}
 N_STD=${3:-300}
-run=results/runs/cifar10-cpu-seed$SEED
+NAME=${NAME:-cifar10-cpu}
+run=results/runs/$NAME-seed$SEED
 logs=results/cifar10
+[ "$NAME" = cifar10-cpu ] || logs=results/cifar10/$NAME
 mkdir -p "$logs"
 if [ ! -f "$run/model.json" ]; then
+  # shellcheck disable=SC2086  # FLAGS are words
   /usr/bin/time -f "training wall %e s" robustopt train --preset cifar10-cpu --seed "$SEED" \
-    --out "$run" --force 2>&1 | tee "$logs/train-seed$SEED.log"
+    --out "$run" --force ${FLAGS:-} 2>&1 | tee "$logs/train-seed$SEED.log"
 fi
 robustopt evaluate "$run" --n "$N_PGD" --suite experiments/suites/cifar10-pgd20.json \
   --no-sanity --out "$logs/pgd20-seed$SEED.json" 2>&1 | tee "$logs/pgd20-seed$SEED.log"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce docs/experiments.md: three MNIST models (standard, FGSM-trained, PGD-trained;
-# the mnist-quick recipe) and every loss-landscape figure, one step at a time. About 30-40
+# the mnist-quick recipe: today's preset, not the width-1 4-epoch one docs/experiments.md's
+# figures were made with) and every loss-landscape figure, one step at a time. About 30-40
 # minutes on 2 busy CPU cores, most of it training. Figures and their JSON/NPZ data go to
 # FIG (default docs/figures); the last block writes into the PGD run's plots/ and report.
 #

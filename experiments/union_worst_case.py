@@ -2,16 +2,18 @@
 
 Combines the ``per_example.robust`` masks of robustopt ``eval.json`` files with the
 per-point masks of ``benchmarks/eval_crosscheck.py``'s JSON (robustopt's and
-torchattacks' attacks alone and chained): a point counts as robust only if it survived
-all of them. Every file must cover the same first-N test points.
+torchattacks' attacks alone and chained), and the points ``benchmarks/recheck_eval.py``
+pieces broke (``--recheck``, test indices): a point counts as robust only if it survived
+all of them. Every eval and cross-check file must cover the same first-N test points.
 
     python experiments/union_worst_case.py results/runs/mnist-quick-seed0/eval.json \\
-        --crosscheck results/eval_crosscheck.json
+        --crosscheck results/eval_crosscheck.json --recheck 'results/recheck/RUN-*.json'
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 from pathlib import Path
 
@@ -21,6 +23,8 @@ def main() -> int:
     p.add_argument("evals", nargs="*", type=Path, help="eval.json files")
     p.add_argument("--crosscheck", type=Path, action="append", default=[],
                    help="eval_crosscheck.py JSON (repeatable)")
+    p.add_argument("--recheck", action="append", default=[], metavar="GLOB",
+                   help="recheck_eval.py --out pieces (a glob; repeatable)")
     args = p.parse_args()
     masks: dict[str, list[bool]] = {}
     ranges = {}
@@ -41,6 +45,19 @@ def main() -> int:
     if len(sizes) != 1:
         raise SystemExit(f"the files cover different numbers of points: {sorted(sizes)}")
     n = sizes.pop()
+    start = next(iter(ranges.values()), None) or {"start": 0}
+    for pattern in args.recheck:
+        paths = sorted(glob.glob(pattern))
+        if not paths:
+            raise SystemExit(f"--recheck {pattern!r} matches no file")
+        for path in paths:
+            piece = json.loads(Path(path).read_text())
+            mask = [True] * n
+            for i in piece["broken"]:
+                if not start["start"] <= i < start["start"] + n:
+                    raise SystemExit(f"{path} broke test index {i}, outside the evaluations'")
+                mask[i - start["start"]] = False
+            masks[f"{path}: {piece['attacks']} broke {len(piece['broken'])}"] = mask
     robust = [all(m[i] for m in masks.values()) for i in range(n)]
     for name, m in masks.items():
         print(f"{sum(m) / n:7.2%}  {name}")
