@@ -149,6 +149,11 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
     (["--attack-smooth-share", "0"], "attack_smooth_share must be in (0, 1]"),
     (["--train-eps", "1.5"], "train_eps: L-inf eps 1.5 exceeds 1"),
     (["--train-eps", "0"], "train_eps must be > 0"),
+    (["--model-kwargs", '{"num_classes": 3}'], "model_kwargs cannot set num_classes"),
+    (["--lr-gamma", "-0.1"], "lr_gamma must be > 0"),
+    (["--seed", "-1"], "seed must be in [0, 2**32)"),
+    (["--train-n", "0"], "train_n must be >= 1"),
+    (["--milestones", "0.5,2"], "milestones are fractions"),
 ])
 def test_bad_training_settings_are_one_line_errors(tmp_path, capsys, flags, message):
     code = main(["train", "--out", str(tmp_path / "r"), "--data-dir", str(DATA), *flags])
@@ -156,6 +161,32 @@ def test_bad_training_settings_are_one_line_errors(tmp_path, capsys, flags, mess
     assert code == 2
     assert message in err and err.count("\n") == 1, err
     assert "Traceback" not in err
+
+
+def test_force_keeps_the_old_run_when_the_new_config_cannot_train(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    kept = {"config.json": '{"old": true}', "model.safetensors": "old weights"}
+    for name, text in kept.items():
+        (out / name).write_text(text)
+    # a model sized for 20x20 images cannot take MNIST's 28x28: refused before --force acts
+    code = main(["train", "--out", str(out), "--force", "--data-dir", str(DATA),
+                 "--train-n", "200", "--model-kwargs", '{"input_size": 20}'])
+    err = capsys.readouterr().err
+    assert code == 2 and "rejected input" in err and err.count("\n") == 1, err
+    assert {p.name: p.read_text() for p in out.iterdir()} == kept
+
+
+def test_resuming_a_run_whose_config_was_edited_is_a_one_line_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(TrainConfig(**{**TINY, "train_n": 200, "heldout_n": 50, "epochs": 1}), out)
+    config = json.loads((out / "config.json").read_text())
+    for edit, message in [({"model_kwargs": {"width": 2}}, "does not fit its config.json"),
+                          ({"epochs": "5"}, "training setting epochs must be int")]:
+        (out / "config.json").write_text(json.dumps({**config, **edit}))
+        assert main(["train", "--resume", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
 
 
 def test_unwritable_output_directory(tmp_path, capsys):

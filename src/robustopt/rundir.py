@@ -46,16 +46,22 @@ class RunDir:
 
     # -- lifecycle -------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | Path, *, force: bool = False) -> RunDir:
-        """A fresh run directory; an existing non-empty one is kept unless ``force``."""
+    def check_new(cls, path: str | Path, *, force: bool = False) -> RunDir:
+        """Refuse a path ``create`` would refuse, without touching anything on disk."""
         run = cls(path)
         if run.path.exists() and not run.path.is_dir():
             raise RobustOptError(f"{run.path} exists and is not a directory: choose another --out")
+        if run.path.is_dir() and any(run.path.iterdir()) and not force:
+            raise RobustOptError(
+                f"run directory {run.path} already exists: pass --resume to continue it "
+                "or --force to start over (its files will be replaced)")
+        return run
+
+    @classmethod
+    def create(cls, path: str | Path, *, force: bool = False) -> RunDir:
+        """A fresh run directory; an existing non-empty one is kept unless ``force``."""
+        run = cls.check_new(path, force=force)
         if run.path.is_dir() and any(run.path.iterdir()):
-            if not force:
-                raise RobustOptError(
-                    f"run directory {run.path} already exists: pass --resume to continue it "
-                    "or --force to start over (its files will be replaced)")
             for name in _OWNED:
                 target = run.path / name
                 if target.is_dir():
@@ -83,6 +89,9 @@ class RunDir:
 
     def read_config(self) -> dict:
         cfg = _read_json(self.path / "config.json", json.loads)
+        if not isinstance(cfg, dict):
+            raise RobustOptError(f"{self.path / 'config.json'} holds a {type(cfg).__name__}, "
+                                 "not a training config: restore the file or start over")
         cfg.pop("robustopt_version", None)
         return cfg
 

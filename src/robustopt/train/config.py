@@ -7,8 +7,10 @@ or reproduced from the file alone.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 
 from ..errors import RobustOptError
@@ -19,6 +21,8 @@ ITERATIVE_ADVERSARIES = ("pgd", "trades")  # searches of attack_steps steps
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "piecewise", "onecycle")
 PRECISIONS = ("fp32", "bf16")
+# build_model's own arguments, which the trainer fills from the data
+RESERVED_MODEL_KWARGS = ("num_classes", "mean", "std")
 
 
 @dataclass
@@ -68,6 +72,7 @@ class TrainConfig:
         def need(ok: bool, msg: str) -> None:
             if not ok:
                 raise RobustOptError(msg)
+        self._check_types()
         need(self.adversary in ADVERSARIES,
              f"unknown adversary {self.adversary!r}: choose one of {', '.join(ADVERSARIES)}")
         need(self.optimizer in OPTIMIZERS,
@@ -94,6 +99,19 @@ class TrainConfig:
         need(0 < self.attack_smooth_share <= 1,
              f"attack_smooth_share must be in (0, 1], got {self.attack_smooth_share}")
         need(self.heldout_n >= 0 and self.eval_steps >= 1, "heldout_n >= 0 and eval_steps >= 1")
+        need(self.train_n is None or self.train_n >= 1,
+             f"train_n must be >= 1 (or unset for the whole training set), got {self.train_n}")
+        need(0 <= self.seed < 2 ** 32, f"seed must be in [0, 2**32), got {self.seed}")
+        need(math.isfinite(self.lr_gamma) and self.lr_gamma > 0,
+             f"lr_gamma must be > 0 (the piecewise schedule multiplies the lr by it), got "
+             f"{self.lr_gamma}")
+        need(all(isinstance(m, (int, float)) and 0 <= m <= 1 for m in self.milestones),
+             f"milestones are fractions of training in [0, 1], got {list(self.milestones)}")
+        need(self.checkpoint_every_s > 0 and self.checkpoint_every_steps >= 0,
+             "checkpoint_every_s must be > 0 and checkpoint_every_steps >= 0")
+        clash = sorted(set(self.model_kwargs) & set(RESERVED_MODEL_KWARGS))
+        need(not clash, f"model_kwargs cannot set {', '.join(clash)}: the trainer takes them "
+             "from the dataset; drop them")
         need(0 < self.onecycle_peak < 1, "onecycle_peak must be in (0, 1)")
         need(0 <= self.ema_decay < 1,
              f"ema_decay must be in [0, 1) (0 turns weight averaging off), got {self.ema_decay}")
@@ -106,6 +124,24 @@ class TrainConfig:
             except RobustOptError as e:
                 raise RobustOptError(f"train_eps: {e}") from None
         return self
+
+    def _check_types(self) -> None:
+        """Each field holds its declared type (a hand-edited config.json may not)."""
+        hints = typing.get_type_hints(TrainConfig)
+        for f in dataclasses.fields(self):
+            value, hint = getattr(self, f.name), hints[f.name]
+            allowed = typing.get_args(hint) or (hint,)
+            allowed = tuple(typing.get_origin(a) or a for a in allowed)
+            if float in allowed:
+                allowed += (int,)  # 1 for 1.0
+            if (tuple in allowed) and isinstance(value, list):
+                continue
+            if isinstance(value, bool) and bool not in allowed or \
+                    not isinstance(value, allowed):
+                names = " or ".join("null" if a is type(None) else a.__name__ for a in allowed
+                                    if not (a is int and float in allowed))
+                raise RobustOptError(f"training setting {f.name} must be {names}, got "
+                                     f"{value!r}")
 
     def train_radius(self) -> float:
         """The radius the training adversary works at once any eps ramp is over."""
@@ -200,4 +236,4 @@ def preset(name: str, **overrides) -> TrainConfig:
     """A preset's config with any field overridden."""
     if name not in PRESETS:
         raise RobustOptError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
-    return TrainConfig.from_dict({**PRESETS[name], **overrides})
+    return TrainConfig.from_dict({**copy.deepcopy(PRESETS[name]), **overrides})

@@ -18,11 +18,13 @@ import torch
 from torch import nn
 
 from ..attacks import pgd
-from ..data import epoch_permutation, load_dataset, random_crop_flip
+from ..attacks.core import eval_mode
+from ..data import canonical_name, epoch_permutation, load_dataset, random_crop_flip
 from ..errors import RobustOptError
-from ..models import DATASET_STATS, build_model
+from ..models import DATASET_STATS, build_model, model_arguments
 from ..rundir import RunDir
 from ..threat import make_threat
+from ..validate import forward_checked
 from . import state as train_state
 from .adversary import adversarial_batch, search_model, training_loss
 from .config import TrainConfig
@@ -53,6 +55,10 @@ def pick_device(name: str) -> torch.device:
         raise RobustOptError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RobustOptError("device cuda requested but no GPU is available: use --device cpu")
+    if device.type == "cuda" and device.index is not None \
+            and device.index >= torch.cuda.device_count():
+        raise RobustOptError(f"device {name} does not exist: this machine has "
+                             f"{torch.cuda.device_count()} GPU(s), cuda:0 upwards")
     return device
 
 
@@ -76,11 +82,8 @@ def heldout_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Train
         return {}
     gen = torch.Generator(x.device).manual_seed(cfg.seed * 1_000_003 + epoch)
     threat = make_threat(cfg.norm, cfg.eps)
-    with torch.no_grad():
-        was = model.training
-        model.eval()
+    with torch.no_grad(), eval_mode(model):
         clean = (model(x).argmax(1) == y).float().mean().item()
-        model.train(was)
     res = pgd(model, x, y, threat, steps=cfg.eval_steps, loss="ce", generator=gen,
               autocast=autocast)
     return {"heldout_clean_acc": clean, "heldout_pgd_acc": res.accuracy,
@@ -88,9 +91,13 @@ def heldout_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Train
 
 
 class _Trainer:
-    """State of one run while it trains; `train()` is the public entry point."""
+    """State of one run while it trains; `train()` is the public entry point.
 
-    def __init__(self, cfg: TrainConfig, run: RunDir, progress: Progress) -> None:
+    Built before its run directory is (``run=None``, attached later), so a config that
+    cannot train fails before anything on disk is created or replaced.
+    """
+
+    def __init__(self, cfg: TrainConfig, run: RunDir | None, progress: Progress) -> None:
         self.cfg, self.run, self.progress = cfg, run, progress
         self.device = pick_device(cfg.device)
         self.autocast = torch.bfloat16 if cfg.precision == "bf16" else None
@@ -104,11 +111,18 @@ class _Trainer:
         self.x_hold = (images[n - hold: n].float() / 255).to(self.device)
         self.y_hold = labels[n - hold: n].to(self.device)
         self.info = _model_info(cfg, None, tuple(data.images.shape[1:]), data.classes)
-        mean, std = DATASET_STATS.get(cfg.dataset.lower(), _stats(images))
+        stats = DATASET_STATS.get(canonical_name(cfg.dataset))
+        mean, std = stats if stats is not None else _stats(images)
         torch.manual_seed(cfg.seed)
+        kwargs = dict(cfg.model_kwargs)
+        side = data.images.shape[-1]
+        if "input_size" in model_arguments(cfg.model) and data.images.shape[-2] == side:
+            kwargs.setdefault("input_size", side)  # size the model to the data
         self.model = build_model(cfg.model, mean=mean, std=std,
-                                 num_classes=len(data.classes), **cfg.model_kwargs)
+                                 num_classes=len(data.classes), **kwargs)
         self.model = self.model.to(self.device)
+        with torch.no_grad(), eval_mode(self.model):  # eval: no BatchNorm statistic moves
+            forward_checked(self.model, self.x_train[:1].float() / 255)
         if self.autocast is not None:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.search = search_model(cfg, self.model)  # shares the model's weights
@@ -147,8 +161,16 @@ class _Trainer:
 
     def restore(self) -> None:
         tensors, state = self.run.read_checkpoint()
-        self.counters = train_state.unpack(tensors, state, self.model, self.optimizer,
-                                           self.generator, self.averaged)
+        try:
+            self.counters = train_state.unpack(tensors, state, self.model, self.optimizer,
+                                               self.generator, self.averaged)
+        except (RuntimeError, KeyError, ValueError, TypeError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise RobustOptError(
+                f"the checkpoint in {self.run.path} does not fit its config.json ({first}): "
+                "the config was edited after the run started, or the run was started on "
+                "another kind of device; restore the config or start over with --force"
+            ) from None
         self.run.write_metrics(self.counters["history"])
 
     # -- one optimisation step -------------------------------------------------------
@@ -297,15 +319,15 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
     if resume:
         run = RunDir.open(out)
         cfg = TrainConfig.from_dict(run.read_config())
+        trainer = _Trainer(cfg.validate(), run, progress)
+        trainer.restore()
     else:
         if cfg is None:
             raise RobustOptError("give a training config or resume=True")
-        cfg.validate()
-        run = RunDir.create(out, force=force)
-    trainer = _Trainer(cfg.validate(), run, progress)
-    if resume:
-        trainer.restore()
-    else:
+        RunDir.check_new(out, force=force)  # before the slow set-up: fail fast
+        trainer = _Trainer(cfg.validate(), None, progress)
+        # only now that data, model and device work is an existing run replaced
+        run = trainer.run = RunDir.create(out, force=force)
         run.write_config(cfg.to_dict())
         run.write_model_json({**trainer.info, "default_weights": "best",
                               "weights": {"best": "best.safetensors",
