@@ -131,3 +131,15 @@ def test_help_and_usage_errors(capsys):
     assert main(["--help"]) == 0
     code, _, err = _run(capsys, "attack")
     assert code == 2 and "error" in err
+
+
+def test_an_unexpected_os_error_is_one_line_with_exit_code_2(monkeypatch, capsys):
+    from robustopt.cli import report_cmd
+
+    def fails(args):
+        raise PermissionError(13, "Permission denied", "/somewhere/report.html")
+
+    monkeypatch.setattr(report_cmd, "run", fails)
+    assert main(["report", "runs/anything"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Permission denied (/somewhere/report.html)" in err, err

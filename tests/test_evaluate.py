@@ -383,6 +383,7 @@ class NaNModel(nn.Module):
     ("suite", "unknown suite"), ("budget", "unknown budget"), ("spec", "unknown attack"),
     ("transfer-missing", "no source model"), ("transfer-classes", "another dataset"),
     ("transfer-shape", "does not fit"), ("seed", "seed"), ("images", r"outside \[0, 1\]"),
+    ("p_init", r"p_init must be a number in \(0, 1\]"),
 ])
 def test_bad_input_is_one_line_error(model, xy, case, match):
     x, y = xy[0][:4], xy[1][:4]
@@ -401,6 +402,8 @@ def test_bad_input_is_one_line_error(model, xy, case, match):
         kw.update(suite="quick", budget={"iterations": 3})
     elif case == "spec":
         kw["suite"] = [{"attack": "cw"}]
+    elif case == "p_init":  # a suite file's string: was a raw ValueError from float()
+        kw["suite"] = [{"attack": "square", "p_init": "x"}]
     elif case == "transfer-missing":
         kw["suite"] = [AttackSpec("transfer", steps=2)]
     elif case == "transfer-classes":

@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     except RobustOptError as err:
         print(f"robustopt: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file or device the commands did not anticipate: one line
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"robustopt: error: {err.strerror or err}{where}: check the path, its "
+              "permissions and the free disk space", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("robustopt: interrupted", file=sys.stderr)
         return 130

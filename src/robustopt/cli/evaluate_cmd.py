@@ -170,11 +170,12 @@ def run(args: argparse.Namespace) -> int:
         "sweep": sweep_data,
     }
     is_run = path.is_dir()
+    plot = None  # drawn from the numbers once they are saved (data first)
     if is_run and sweep_data is not None:
-        plot = plot_sweep(sweep_data, RunDir(path).plots_dir() / "eval_sweep.png")
+        plot = RunDir(path).plots_dir() / "eval_sweep.png"
         doc["sweep"]["plot"] = str(plot.relative_to(path))
     elif sweep_data is not None and args.out:
-        plot = plot_sweep(sweep_data, Path(args.out).with_suffix(".sweep.png"))
+        plot = Path(args.out).with_suffix(".sweep.png")
         doc["sweep"]["plot"] = str(plot)
     if args.out:
         write_json_atomic(args.out, doc)
@@ -184,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
         where = str(path / "eval.json")
     else:
         where = None
+    if plot is not None:
+        plot_sweep(sweep_data, plot)
     if args.save_adv:
         write_npy_atomic(args.save_adv, result.x_adv.float().numpy().astype(np.float32))
     span = (f"first {args.n} examples" if args.start == 0

@@ -102,8 +102,9 @@ class AttackSpec:
         if self.step is not None and not (isinstance(self.step, (int, float))
                                           and 0 < float(self.step) <= 10):
             raise InputError(f"{attack}: step is a fraction of eps in (0, 10], got {self.step!r}")
-        if not 0 < float(self.p_init) <= 1:
-            raise InputError(f"square: p_init must lie in (0, 1], got {self.p_init!r}")
+        if isinstance(self.p_init, bool) or not isinstance(self.p_init, (int, float)) \
+                or not 0 < self.p_init <= 1:
+            raise InputError(f"square: p_init must be a number in (0, 1], got {self.p_init!r}")
         if self.smooth is not None:
             if attack not in WHITE_BOX:
                 raise InputError(f"{attack}: smooth applies to gradient attacks only "
