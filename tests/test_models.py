@@ -385,6 +385,10 @@ def test_weights_that_do_not_fit_the_architecture(tmp_path):
     _rewrite(path, tmp_path / "shape.safetensors", kwargs={"fc": 64})
     with pytest.raises(ModelFileError, match="wrong shape"):
         load_model(tmp_path / "shape.safetensors")
+    # untrusted arguments that would need ~10^14 bytes: refused by shape, nothing allocated
+    _rewrite(path, tmp_path / "huge.safetensors", kwargs={"width": 100_000})
+    with pytest.raises(ModelFileError, match="wrong shape"):
+        load_model(tmp_path / "huge.safetensors")
     _rewrite(path, tmp_path / "unknown.safetensors", arch="vgg16")
     with pytest.raises(ModelFileError, match="unknown model 'vgg16'"):
         load_model(tmp_path / "unknown.safetensors")

@@ -360,6 +360,12 @@ def read_model_file(
 
 def _load_weights(model: nn.Module, tensors: Mapping[str, Tensor], source: str) -> None:
     """Strict, typed state-dict loading: one line naming what does not match."""
+    _check_weights(model, tensors, source)
+    model.load_state_dict(tensors, strict=True)
+
+
+def _check_weights(model: nn.Module, tensors: Mapping[str, Tensor], source: str) -> None:
+    """Names, shapes and kinds of ``tensors`` against ``model``'s (a meta model works)."""
     expected = model.state_dict()
     missing = sorted(expected.keys() - tensors.keys())
     unexpected = sorted(tensors.keys() - expected.keys())
@@ -383,7 +389,6 @@ def _load_weights(model: nn.Module, tensors: Mapping[str, Tensor], source: str) 
             f"{spec.get('kwargs', {})}: {', '.join(parts)}; use the arch and arguments "
             "the weights were trained with"
         )
-    model.load_state_dict(tensors, strict=True)
 
 
 def weights_sha256(tensors: Mapping[str, Tensor]) -> str:
@@ -417,14 +422,20 @@ def build_from_record(
 ) -> nn.Module:
     """:func:`load_model` from what :func:`read_model_file` returned, for callers that need
     the record or the tensors too (the file, a bundle's checksums included, is read once)."""
-    try:
-        model = build_model(
-            record["arch"], mean=record["mean"], std=record["std"], **record.get("kwargs", {})
-        )
-    except ModelFileError:
-        raise
-    except RobustOptError as exc:
-        raise ModelFileError(f"cannot build the model described by {path}: {exc}") from None
+    def build() -> nn.Module:
+        try:
+            return build_model(record["arch"], mean=record["mean"], std=record["std"],
+                               **record.get("kwargs", {}))
+        except ModelFileError:
+            raise
+        except RobustOptError as exc:
+            raise ModelFileError(f"cannot build the model described by {path}: {exc}") from None
+
+    # a file's arguments are untrusted (e.g. width 100000 beside small weights): compare
+    # the shapes on a skeleton that allocates nothing before building the model for real
+    with torch.device("meta"):
+        _check_weights(build(), tensors, str(path))
+    model = build()
     _load_weights(model, tensors, str(path))
     if device is not None:
         model.to(device)
