@@ -569,6 +569,14 @@ def test_export_refuses_to_overwrite_without_force(run_dir, bundle, capsys):
     check_bundle(bundle)
 
 
+def test_export_never_replaces_the_run_it_exports(run_dir, capsys):
+    before = sorted(p.name for p in run_dir.iterdir())
+    for out in (run_dir, run_dir.parent):  # the run itself, or a folder holding it
+        code, _, err = _main(capsys, "export", run_dir, "--out", out, "--force")
+        assert code == 2 and "would delete the source" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
 _PLAIN_TORCH = """
 import importlib.util, sys
 sys.path.append(sys.argv[1])

@@ -31,6 +31,7 @@ def write_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -> Non
             os.fsync(fh.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give normal file modes
         os.replace(tmp_path, path)
+        fsync_dir(path.parent)
     except OSError as err:
         tmp_path.unlink(missing_ok=True)
         hint = "free some disk space" if err.errno == 28 else "check permissions and space"
@@ -40,7 +41,30 @@ def write_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -> Non
         raise
 
 
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (after a power loss the checkpoint and the
+    weights then agree); a no-op where directories cannot be opened or synced."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _umask() -> int:
+    """The process umask, read without setting it where the OS allows: ``os.umask(0)``
+    would open a window in which another thread's new files are world-writable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

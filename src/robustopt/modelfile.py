@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
+from robustopt.atomic import fsync_dir
 from robustopt.errors import ModelFileError, RobustOptError
 from robustopt.models.registry import MODEL_NAMES, build_model, model_spec, unwrap_model
 from robustopt.release import check_bundle, is_bundle
@@ -129,16 +130,7 @@ def save_model(model: nn.Module, path: Path | str, extra: Mapping[str, Any] | No
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    try:  # make the rename itself durable; not possible on every platform
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return digest
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)  # make the rename itself durable
     return digest
 
 

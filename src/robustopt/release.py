@@ -302,6 +302,10 @@ def export_bundle(
     from .modelfile import build_from_record, read_model_file, save_model
 
     src, out = Path(model_path), Path(out)
+    home = (src if src.is_dir() else src.parent).resolve()
+    if out.resolve() == home or out.resolve() in home.parents:
+        raise RobustOptError(f"--out {out} holds the model being exported ({src}); replacing "
+                             "it would delete the source: choose another --out")
     if out.is_dir() and any(out.iterdir()) and not force:  # checked again when placing
         raise RobustOptError(f"{out} already exists and is not empty: pass --force to "
                              "replace it or choose another --out")
