@@ -569,6 +569,14 @@ def test_export_refuses_to_overwrite_without_force(run_dir, bundle, capsys):
     check_bundle(bundle)
 
 
+def test_evaluating_a_bundle_needs_out_and_leaves_it_as_published(bundle, capsys):
+    before = sorted(p.name for p in bundle.iterdir())
+    code, _, err = _main(capsys, "evaluate", bundle, "--n", "10", "--suite", "quick")
+    assert code == 2 and "--out" in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in bundle.iterdir()) == before
+    check_bundle(bundle)
+
+
 def test_export_never_replaces_the_run_it_exports(run_dir, capsys):
     before = sorted(p.name for p in run_dir.iterdir())
     for out in (run_dir, run_dir.parent):  # the run itself, or a folder holding it
