@@ -573,6 +573,10 @@ def test_evaluating_a_bundle_needs_out_and_leaves_it_as_published(bundle, capsys
     before = sorted(p.name for p in bundle.iterdir())
     code, _, err = _main(capsys, "evaluate", bundle, "--n", "10", "--suite", "quick")
     assert code == 2 and "--out" in err and err.count("\n") == 1, err
+    for write in (lambda r: r.write_report("<html>"), lambda r: r.plots_dir(),
+                  lambda r: r.write_eval({})):  # report and landscape write through these
+        with pytest.raises(RobustOptError, match="release bundle"):
+            write(RunDir(bundle))
     assert sorted(p.name for p in bundle.iterdir()) == before
     check_bundle(bundle)
 
