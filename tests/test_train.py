@@ -19,6 +19,7 @@ from robustopt import LinfBall, load_dataset, load_model, pgd
 from robustopt.cli import main
 from robustopt.errors import RobustOptError
 from robustopt.modelfile import weights_sha256
+from robustopt.rundir import RunDir
 from robustopt.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,6 +188,25 @@ def test_resuming_a_run_whose_config_was_edited_is_a_one_line_error(tmp_path, ca
         assert main(["train", "--resume", str(out)]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_a_run_being_trained_is_not_resumed_or_replaced_by_another_process(tmp_path, capsys):
+    out = tmp_path / "run"
+    train(TrainConfig(**{**TINY, "train_n": 200, "heldout_n": 50, "epochs": 1}), out)
+    files = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    holder = RunDir(out)
+    holder.lock()  # what a training process holds (an OS lock: gone if it is killed)
+    try:
+        for argv in (["train", "--resume", str(out)],
+                     ["train", "--out", str(out), "--force", "--data-dir", str(DATA),
+                      "--train-n", "200"]):
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert "being trained by another process" in err and err.count("\n") == 1, err
+        assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == files
+    finally:
+        holder.unlock()
+    assert main(["train", "--resume", str(out)]) == 0  # free again
 
 
 def test_unwritable_output_directory(tmp_path, capsys):

@@ -26,6 +26,7 @@ from .modelfile import WEIGHT_FILES, _one_line, save_model
 from .release import is_bundle
 
 CHECKPOINT = "checkpoint/state.safetensors"
+LOCK = ".train.lock"  # held (flock) while a process trains the run; never wiped
 _OWNED = ("config.json", "model.json", "model.safetensors", "best.safetensors",
           "metrics.jsonl", "eval.json", "checkpoint", "plots", "report.html")
 
@@ -44,6 +45,7 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock_fd: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     @classmethod
@@ -63,6 +65,7 @@ class RunDir:
         """A fresh run directory; an existing non-empty one is kept unless ``force``."""
         run = cls.check_new(path, force=force)
         if run.path.is_dir() and any(run.path.iterdir()):
+            run.lock()  # never wipe a run another process is training
             for name in _OWNED:
                 target = run.path / name
                 if target.is_dir():
@@ -75,6 +78,34 @@ class RunDir:
             raise RobustOptError(f"cannot create run directory {run.path}: {err.strerror}; "
                                  "choose a writable --out") from None
         return run
+
+    def lock(self) -> None:
+        """Hold the run for this process while it trains, so that a second ``--resume``,
+        ``--restore`` or ``--force`` of the same run cannot interleave its writes. An OS
+        lock (flock): released when the process exits or is killed; a no-op off POSIX."""
+        if self._lock_fd is not None:
+            return
+        try:
+            import fcntl
+        except ImportError:
+            return
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise RobustOptError(f"cannot write in run directory {self.path}: "
+                                 f"{err.strerror}; choose a writable --out") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RobustOptError(f"{self.path} is being trained by another process: wait for "
+                                 "it to finish or stop it first") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:

@@ -318,21 +318,34 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
     """
     if resume:
         run = RunDir.open(out)
-        cfg = TrainConfig.from_dict(run.read_config())
-        trainer = _Trainer(cfg.validate(), run, progress)
-        trainer.restore()
-    else:
-        if cfg is None:
-            raise RobustOptError("give a training config or resume=True")
-        RunDir.check_new(out, force=force)  # before the slow set-up: fail fast
-        trainer = _Trainer(cfg.validate(), None, progress)
-        # only now that data, model and device work is an existing run replaced
-        run = trainer.run = RunDir.create(out, force=force)
+        run.lock()
+        try:
+            cfg = TrainConfig.from_dict(run.read_config())
+            trainer = _Trainer(cfg.validate(), run, progress)
+            trainer.restore()
+            return _fit(trainer, progress)
+        finally:
+            run.unlock()
+    if cfg is None:
+        raise RobustOptError("give a training config or resume=True")
+    RunDir.check_new(out, force=force)  # before the slow set-up: fail fast
+    trainer = _Trainer(cfg.validate(), None, progress)
+    # only now that data, model and device work is an existing run replaced
+    run = trainer.run = RunDir.create(out, force=force)
+    run.lock()
+    try:
         run.write_config(cfg.to_dict())
         run.write_model_json({**trainer.info, "default_weights": "best",
                               "weights": {"best": "best.safetensors",
                                           "last": "model.safetensors"}})
         trainer.save_checkpoint()
+        return _fit(trainer, progress)
+    finally:
+        run.unlock()
+
+
+def _fit(trainer: _Trainer, progress: Progress) -> TrainResult:
+    """Train to the end (or a stop); a diverged loss keeps the last good checkpoint."""
     try:
         stopped = trainer.fit()
     except _Diverged as err:
@@ -340,5 +353,5 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
         progress("warning", {"message": f"training stopped: {err}; the last good checkpoint "
                              "and weights are kept"})
         raise RobustOptError(f"training diverged: {err}; the last good checkpoint in "
-                             f"{run.path} is kept (lower the learning rate)") from None
-    return TrainResult(run.path, trainer.counters["history"], stopped, "best")
+                             f"{trainer.run.path} is kept (lower the learning rate)") from None
+    return TrainResult(trainer.run.path, trainer.counters["history"], stopped, "best")
