@@ -161,18 +161,18 @@ class RunDir:
         return _read_json(path, lambda text: [json.loads(line) for line in text.splitlines()
                                               if line.strip()])
 
-    def _not_a_bundle(self) -> None:
+    def refuse_bundle(self) -> None:
         """A release bundle's files are fixed by its SHA-256 manifest: never add to one."""
         if is_bundle(self.path):
             raise RobustOptError(f"{self.path} is a release bundle, which must stay as "
                                  "published: write the output elsewhere (--out)")
 
     def write_eval(self, result: dict) -> None:
-        self._not_a_bundle()
+        self.refuse_bundle()
         write_json_atomic(self.path / "eval.json", result)
 
     def plots_dir(self) -> Path:
-        self._not_a_bundle()
+        self.refuse_bundle()
         d = self.path / "plots"
         d.mkdir(exist_ok=True)
         return d
@@ -204,7 +204,7 @@ class RunDir:
     # -- report ----------------------------------------------------------------------
     def write_report(self, html: str) -> Path:
         """Write the self-contained HTML report as ``report.html``, atomically."""
-        self._not_a_bundle()
+        self.refuse_bundle()
         path = self.path / "report.html"
         write_bytes_atomic(path, html.encode("utf-8"))
         return path

@@ -19,7 +19,6 @@ from ..errors import RobustOptError
 from ..evaluate import SUITE_NAMES, evaluate, plot_sweep, sweep
 from ..evaluate.suites import read_suite_file
 from ..modelfile import build_from_record, read_model_file, weights_sha256
-from ..release import is_bundle
 from ..rundir import RunDir
 from ..threat import make_threat, parse_eps
 from ..train.loop import pick_device
@@ -121,9 +120,8 @@ def run(args: argparse.Namespace) -> int:
     if args.start and path.is_dir() and not args.out:
         raise RobustOptError(f"--start {args.start} evaluates a shard, but {path}/eval.json holds "
                              "the first N test images: pass --out FILE.json for the shard")
-    if is_bundle(path) and not args.out:  # its files are fixed by its SHA-256 manifest
-        raise RobustOptError(f"{path} is a release bundle, which must stay as published: "
-                             "pass --out FILE.json for the evaluation")
+    if path.is_dir() and not args.out:
+        RunDir(path).refuse_bundle()  # before attacking, not after
     record, tensors = read_model_file(path)
     digest = weights_sha256(tensors)  # names the weights attacked, wherever they were copied
     dataset, threat = dataset_and_threat(args, record)
