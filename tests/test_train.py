@@ -271,6 +271,36 @@ def test_overfitting_guard_restores_best_and_stops(tmp_path, monkeypatch, advers
     assert result.metrics[-1]["weights_sha256"] == weights_sha256(last)
 
 
+def test_training_leaves_the_callers_random_state_alone(tmp_path):
+    torch.manual_seed(5)
+    expect = torch.rand(4)
+    torch.manual_seed(5)
+    cfg = TrainConfig(**{**TINY, "epochs": 1, "train_n": 300, "heldout_n": 50})
+    train(cfg, tmp_path / "r")
+    train(None, tmp_path / "r", resume=True)
+    assert torch.equal(torch.rand(4), expect)
+
+
+def test_resume_puts_back_the_best_weights_its_checkpoint_knows(tmp_path):
+    """A kill after an epoch's weight files but before its checkpoint leaves best.safetensors
+    ahead of the record; a GPU replay need not rewrite it, so resuming restores it."""
+    from robustopt.modelfile import read_model_file, save_model
+    run = tmp_path / "r"
+    train(TrainConfig(**{**TINY, "epochs": 1, "train_n": 300, "heldout_n": 50}), run)
+    state = load_file(run / "checkpoint" / "state.safetensors")
+    best = {k[len("best."):]: v for k, v in state.items() if k.startswith("best.")}
+    _, on_disk = read_model_file(run / "best.safetensors")
+    assert best and weights_sha256(best) == weights_sha256(on_disk)
+    stray = load_model(run)
+    with torch.no_grad():
+        for p in stray.parameters():
+            p.add_(1.0)  # weights no record describes
+    save_model(stray, run / "best.safetensors")
+    train(None, run, resume=True)
+    _, on_disk = read_model_file(run / "best.safetensors")
+    assert weights_sha256(on_disk) == weights_sha256(best)
+
+
 def test_config_roundtrip_and_unknown_preset():
     cfg = TrainConfig(**TINY)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg

@@ -8,6 +8,7 @@ killed at any point and resumed ends with bit-identical weights on CPU.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from ..attacks import pgd
 from ..attacks.core import eval_mode
 from ..data import canonical_name, epoch_permutation, load_dataset, random_crop_flip
 from ..errors import RobustOptError
+from ..modelfile import read_model_file, weights_sha256
 from ..models import DATASET_STATS, build_model, model_arguments
 from ..rundir import RunDir
 from ..threat import make_threat
@@ -113,7 +115,9 @@ class _Trainer:
         self.info = _model_info(cfg, None, tuple(data.images.shape[1:]), data.classes)
         stats = DATASET_STATS.get(canonical_name(cfg.dataset))
         mean, std = stats if stats is not None else _stats(images)
-        torch.manual_seed(cfg.seed)
+        # CPU-only seed: the weights are initialised on the CPU and then moved; train()
+        # forks the global RNG, so the caller's random state is left as it was
+        torch.random.default_generator.manual_seed(cfg.seed)
         kwargs = dict(cfg.model_kwargs)
         side = data.images.shape[-1]
         if "input_size" in model_arguments(cfg.model) and data.images.shape[-2] == side:
@@ -128,6 +132,7 @@ class _Trainer:
         self.search = search_model(cfg, self.model)  # shares the model's weights
         self.optimizer = _make_optimizer(cfg, self.model)
         self.average = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.best_weights: dict[str, torch.Tensor] | None = None  # also in each checkpoint
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed + 1)
         self.steps_per_epoch = math.ceil(self.x_train.shape[0] / cfg.batch_size)
         self.counters = {"epoch": 0, "step": 0, "sums": [0.0, 0.0, 0.0],
@@ -149,7 +154,7 @@ class _Trainer:
     def save_checkpoint(self) -> None:
         self._tick()  # (the write itself is counted in the next interval)
         tensors, state = train_state.pack(self.model, self.optimizer, self.generator,
-                                          self.counters, self.averaged)
+                                          self.counters, self.averaged, self.best_weights)
         self.run.write_checkpoint(tensors, state)
 
     def _tick(self) -> None:
@@ -164,6 +169,7 @@ class _Trainer:
         try:
             self.counters = train_state.unpack(tensors, state, self.model, self.optimizer,
                                                self.generator, self.averaged)
+            self.best_weights = train_state.best_weights(tensors)
         except (RuntimeError, KeyError, ValueError, TypeError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
             raise RobustOptError(
@@ -171,7 +177,31 @@ class _Trainer:
                 "the config was edited after the run started, or the run was started on "
                 "another kind of device; restore the config or start over with --force"
             ) from None
+        self._sync_best_file()
         self.run.write_metrics(self.counters["history"])
+
+    def _sync_best_file(self) -> None:
+        """Make best.safetensors the best weights the checkpoint knows of.
+
+        A kill between an epoch's weight files and its checkpoint leaves best.safetensors
+        one epoch ahead of the counters. On CPU the replayed epoch rewrites the same bytes;
+        on a GPU the replay can differ and might not be a new best, so the file is put back
+        from the checkpoint here rather than left naming weights no record describes.
+        """
+        if self.best_weights is None:
+            return
+        path = self.run.path / "best.safetensors"
+        if path.is_file():
+            try:
+                _, on_disk = read_model_file(path)
+                if weights_sha256(on_disk) == weights_sha256(self.best_weights):
+                    return
+            except RobustOptError:
+                pass  # unreadable: rewrite it below
+        module = copy.deepcopy(self.product)
+        module.load_state_dict(self.best_weights)
+        self.run.write_weights(module, "best",
+                               {**self.info, "epoch": self.counters["best_epoch"]})
 
     # -- one optimisation step -------------------------------------------------------
     def step(self, epoch: int, i: int, perm: torch.Tensor) -> None:
@@ -234,6 +264,8 @@ class _Trainer:
         record["overfitting_detected"] = bool(collapsed)
         if not collapsed and acc >= self.counters["best_acc"]:
             self.counters["best_acc"], self.counters["best_epoch"] = acc, epoch + 1
+            self.best_weights = {k: v.detach().clone()
+                                 for k, v in self.product.state_dict().items()}
             self.run.write_weights(self.product, "best", {**self.info, "epoch": epoch + 1})
         # The digest pins the weights this epoch wrote, so a run kept without its weight
         # files can be retrained and checked bit for bit (``robustopt train --restore``).
@@ -290,8 +322,9 @@ class _Trainer:
             f"catastrophic overfitting at epoch {record['epoch']}: held-out PGD accuracy fell "
             f"from {self.counters['best_acc']:.1%} to {record['heldout_pgd_acc']:.1%}; "
             f"restoring the weights of epoch {best} and stopping")})
-        from ..modelfile import read_model_file
-        _, weights = read_model_file(self.run.path / "best.safetensors")
+        weights = self.best_weights
+        if weights is None:  # a checkpoint from before checkpoints carried the best weights
+            _, weights = read_model_file(self.run.path / "best.safetensors")
         for module in dict.fromkeys((self.model, self.product)):  # one module if not averaging
             module.load_state_dict(weights)
         self.counters["history"][-1]["weights_sha256"] = self.run.write_weights(
@@ -314,8 +347,15 @@ def train(cfg: TrainConfig | None, out: str | Path, *, resume: bool = False,
     """Train (or resume) a run in ``out``; returns its metrics and how it stopped.
 
     ``load_model(out)`` afterwards returns the best weights: by held-out PGD accuracy
-    (clean accuracy for standard training), ties to the later epoch.
+    (clean accuracy for standard training), ties to the later epoch. The caller's global
+    random state is the same afterwards (forked: the loop draws from its own generators).
     """
+    with torch.random.fork_rng(devices=[]):
+        return _train(cfg, out, resume=resume, force=force, progress=progress)
+
+
+def _train(cfg: TrainConfig | None, out: str | Path, *, resume: bool, force: bool,
+           progress: Progress) -> TrainResult:
     if resume:
         run = RunDir.open(out)
         run.lock()

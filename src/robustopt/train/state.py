@@ -12,12 +12,16 @@ from torch import nn
 
 
 def pack(model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-         counters: dict, average: nn.Module | None = None
+         counters: dict, average: nn.Module | None = None,
+         best: dict[str, torch.Tensor] | None = None
          ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split the full training state (and the weight average, if any) into (tensors, JSON)."""
+    """Split the full training state (with the weight average and the best weights so far,
+    if any) into (tensors, JSON)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     if average is not None:
         tensors.update({f"average.{k}": v for k, v in average.state_dict().items()})
+    if best is not None:
+        tensors.update({f"best.{k}": v for k, v in best.items()})
     opt = optimizer.state_dict()
     opt_json: dict = {"param_groups": opt["param_groups"], "state": {}}
     for idx, slots in opt["state"].items():
@@ -35,6 +39,11 @@ def pack(model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Ge
 
 def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def best_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """The best weights a checkpoint carries (None: none yet, or an older checkpoint)."""
+    return _prefixed(tensors, "best.") or None
 
 
 def unpack(tensors: dict[str, torch.Tensor], state: dict, model: nn.Module,
