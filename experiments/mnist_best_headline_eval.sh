@@ -9,7 +9,7 @@
 #      standing, a bigger black-box budget with new draws (~10 minutes), written to
 #      results/recheck/NAME-seedK-square10k-seed1-sample300.json and combined (.combined.txt);
 #   4. torchattacks' APGD-CE, APGD-T and Square-5000 (someone else's code, chained by its
-#      MultiAttack) on the standing points of test images 0..499, the hardest slice
+#      MultiAttack) on the standing points of test images 0..499
 #      (results/recheck/NAME-seedK-torchattacks-0-500.json; needs torchattacks installed:
 #      pip install --no-deps torchattacks).
 # A step whose output exists is skipped, so a killed run (or a session's end) resumes at
